@@ -1,0 +1,110 @@
+"""Backend and tier selection: the only module that knows every backend.
+
+``backend="auto"``: CUDA tensors -> the fastest backend/tier that has **passed on a real GPU** (GPU_VERIFIED below,
+updated together with the committed report under bench/results/), else ``reference``; CPU tensors -> ``cpu`` when the
+extension is built, else ``reference``. ``FUSED_RNN_BACKEND`` replaces ``auto``; ``FUSED_RNN_CUDA_TIER`` and
+``FUSED_RNN_TRITON_TIER`` force a tier (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from . import fake  # noqa: F401  (registers the ops' fake implementations)
+
+BACKEND_NAMES: tuple[str, ...] = ("reference", "cpu", "cuda", "triton")
+
+# Tiers that have passed `make gpu-check` on a real GPU, in order of preference, with the report that shows it.
+# Nothing here until a report under bench/results/ says so (README status table).
+GPU_VERIFIED: dict[str, tuple[str, ...]] = {
+    "cuda": (),
+    "triton": (),
+}
+GPU_VERIFIED_REPORT: str = ""
+
+_TIER_ENV = {"cuda": "FUSED_RNN_CUDA_TIER", "triton": "FUSED_RNN_TRITON_TIER"}
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"fused_rnn.backends.{name}")
+
+
+def backend_module(name: str) -> ModuleType:
+    """The backend module for ``name`` (one of BACKEND_NAMES)."""
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"fused_rnn: unknown backend {name!r}; choose one of {('auto',) + BACKEND_NAMES}")
+    return _module(name)
+
+
+def available_backends() -> list[str]:
+    """Names of the backends usable on this machine (``reference`` always is)."""
+    out = []
+    for name in BACKEND_NAMES:
+        try:
+            ok, _ = backend_module(name).available()
+        except Exception:
+            ok = False
+        if ok:
+            out.append(name)
+    return out
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str
+    tier: str
+
+
+def _check_usable(name: str, device: torch.device) -> ModuleType:
+    mod = backend_module(name)
+    ok, why = mod.available()
+    if not ok:
+        raise RuntimeError(f"fused_rnn: backend {name!r} is not available here: {why}")
+    if not mod.supports_device(device):
+        raise RuntimeError(f"fused_rnn: backend {name!r} cannot run on {device.type} tensors")
+    return mod
+
+
+def _auto(device: torch.device) -> str:
+    if device.type == "cuda":
+        for name in ("cuda", "triton"):
+            if GPU_VERIFIED.get(name):
+                try:
+                    ok, _ = backend_module(name).available()
+                except Exception:
+                    ok = False
+                if ok:
+                    return name
+        return "reference"
+    if device.type == "cpu":
+        ok, _ = backend_module("cpu").available()
+        return "cpu" if ok else "reference"
+    return "reference"
+
+
+def resolve(backend: str, device: torch.device, H: int, B: int, dtype: torch.dtype) -> Choice:
+    """Pick (backend, tier) for one layer-direction call; raises a clear error for an unusable request."""
+    name = backend
+    if name == "auto":
+        name = os.environ.get("FUSED_RNN_BACKEND", "auto") or "auto"
+    auto = name == "auto"
+    if auto:
+        name = _auto(device)
+    mod = _check_usable(name, device)
+    forced = os.environ.get(_TIER_ENV.get(name, ""), "") if name in _TIER_ENV else ""
+    if forced:
+        if forced not in mod.TIERS:
+            raise ValueError(f"fused_rnn: {_TIER_ENV[name]}={forced!r} is not a tier of {name!r}: {mod.TIERS}")
+        return Choice(name, forced)
+    tier = mod.pick_tier(H, B, dtype, device)
+    if auto and device.type == "cuda" and name in GPU_VERIFIED and tier not in GPU_VERIFIED[name]:
+        # auto runs only GPU-verified tiers; take the first verified one, else the reference.
+        tier = GPU_VERIFIED[name][0] if GPU_VERIFIED[name] else ""
+        if not tier:
+            return Choice("reference", "")
+    return Choice(name, tier)

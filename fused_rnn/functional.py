@@ -1,0 +1,74 @@
+"""The functional layer: one Elman layer, one direction.
+
+The parallel part is one GEMM over all T·B rows (P = x W_ihᵀ + b_ih + b_hh; autograd differentiates it); the
+sequential part is ``recurrence`` (the selected backend). Shapes: T time, B batch, I input, H hidden.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .backends.select import resolve
+from .precision import allow_tf32 as _allow_tf32
+from .recurrence import recurrence
+
+
+def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
+    """x [T, B, I] -> P [T, B, H] = x W_ihᵀ + b_ih + b_hh, one GEMM with both biases folded in."""
+    if b_ih is not None and b_hh is not None:
+        bias = b_ih + b_hh
+    else:
+        bias = b_ih if b_ih is not None else b_hh
+    return F.linear(x, w_ih, bias)
+
+
+def elman_layer(
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None = None,
+    b_hh: Tensor | None = None,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+    nonlinearity: str = "tanh",
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """One layer, one direction of an Elman RNN, time-major.
+
+    Args:
+        x: [T, B, I] input.
+        h0: [B, H] initial state.
+        w_ih: [H, I], w_hh: [H, H], b_ih: [H] | None, b_hh: [H] | None -- nn.RNN's parameters.
+        lengths: [B] int64 (any device; moved once to x's device), values in [1, T], or None.
+        reverse: process each sequence from its last valid step back to step 0.
+        nonlinearity: "tanh" or "relu".
+        backend: "auto" | "reference" | "cpu" | "cuda" | "triton".
+    Returns:
+        Y: [T, B, H] (0 at padded steps), h_n: [B, H].
+    """
+    T, B, _ = x.shape
+    H = w_hh.shape[0]
+    if lengths is not None and lengths.device != x.device:
+        lengths = lengths.to(x.device, non_blocking=True)
+    P = input_projection(x, w_ih, b_ih, b_hh).contiguous()
+    choice = resolve(backend, P.device, H, B, P.dtype)
+    return recurrence(P, h0, w_hh, lengths, reverse, nonlinearity, choice.backend, choice.tier, _allow_tf32())
+
+
+def check_lengths(lengths: Tensor, T: int, B: int) -> Tensor:
+    """Validate user-given lengths [B] (values in [1, T]) and return them as int64; reads them on the host once."""
+    if not isinstance(lengths, Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.shape[0] != B:
+        raise ValueError(f"lengths must be a 1-D tensor of size batch ({B}), got shape {tuple(lengths.shape)}")
+    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
+        raise TypeError(f"lengths must hold integers, got {lengths.dtype}")
+    lengths = lengths.to(torch.int64)
+    if B > 0:
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 1 or hi > T:
+            raise ValueError(f"lengths must lie in [1, {T}] (the sequence length), got values in [{lo}, {hi}]")
+    return lengths
