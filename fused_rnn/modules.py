@@ -89,10 +89,12 @@ class RNN(nn.RNN):
             hx = torch.zeros(self.num_layers * num_directions, max_batch_size, self.hidden_size,
                              dtype=input.dtype, device=input.device)
         self.check_forward_args(input, hx, batch_sizes)
+        # RuntimeError, the type nn.RNN raises for these (from its kernels, with less clear messages).
         if hx.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
-            raise ValueError(f"fused_rnn: hx dtype ({hx.dtype}) does not match input dtype ({input.dtype})")
+            raise RuntimeError(f"fused_rnn: hx dtype ({hx.dtype}) does not match input dtype ({input.dtype})")
         if hx.device != input.device:
-            raise ValueError(f"fused_rnn: hx is on {hx.device} but input is on {input.device}; move both to one device")
+            raise RuntimeError(
+                f"fused_rnn: hx is on {hx.device} but input is on {input.device}; move both to one device")
 
         # -> canonical time-major x [T, B, I] and lengths [B] (or None)
         if batch_sizes is not None:

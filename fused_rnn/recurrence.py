@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .backends.select import backend_module
 
@@ -54,21 +53,59 @@ class ElmanRecurrence(torch.autograd.Function):
         return Y, h_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dY: Tensor, dh_n: Tensor):
-        Y, h0, w_hh, lengths = ctx.saved_tensors
-        T, B, H = Y.shape
-        if B == 0:
-            dA, dh0 = torch.zeros_like(Y), torch.zeros_like(h0)
-        else:
-            dA, dh0 = backend_module(ctx.backend).backward(
-                dY.contiguous(), dh_n.contiguous(), Y, w_hh, lengths, ctx.reverse, ctx.nonlinearity, ctx.tier,
-                ctx.allow_tf32)
-        dw_hh = None
-        if ctx.needs_input_grad[2]:
-            S = predecessor_states(Y, h0, lengths, ctx.reverse)
-            dw_hh = dA.reshape(T * B, H).t().mm(S.reshape(T * B, H)) if B > 0 else torch.zeros_like(w_hh)
-        return dA, dh0, dw_hh, None, None, None, None, None, None
+        """dY [T,B,H], dh_n [B,H] -> (dP = dA [T,B,H], dh0 [B,H], dW_hh [H,H], None × 6)."""
+        grads = _backward(ctx, dY, dh_n)
+        if torch.is_grad_enabled():
+            # create_graph=True: no second derivative exists here. once_differentiable would only guard the
+            # gradients when dY or dh_n require grad; for a loss linear in Y they do not, and the input GEMM's
+            # autograd would then silently drop this Function's second-order terms (measured: a gradient penalty
+            # ran without error). Tie every gradient to a node whose backward raises instead.
+            grads = _guard_double_backward(grads)
+        return grads
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity on the gradients [*] of ElmanRecurrence; differentiating through it raises a clear error."""
+
+    @staticmethod
+    def forward(ctx, anchor: Tensor, *grads: Tensor) -> tuple[Tensor, ...]:
+        return tuple(g.clone() for g in grads)
+
+    @staticmethod
+    def backward(ctx, *unused: Tensor):
+        raise RuntimeError(
+            "fused_rnn: double backward through ElmanRecurrence is not supported (the recurrence is "
+            "once-differentiable); second derivatives of fused_rnn.RNN are not implemented")
+
+
+def _guard_double_backward(grads: tuple) -> tuple:
+    """Route the non-None gradients through _NoDoubleBackward, so a graph built on them fails when differentiated."""
+    idx = [i for i, g in enumerate(grads) if g is not None]
+    anchor = torch.zeros((), requires_grad=True)  # makes the outputs require grad even when no input does
+    guarded = _NoDoubleBackward.apply(anchor, *(grads[i] for i in idx))
+    out = list(grads)
+    for i, g in zip(idx, guarded):
+        out[i] = g
+    return tuple(out)
+
+
+@torch.no_grad()
+def _backward(ctx, dY: Tensor, dh_n: Tensor) -> tuple:
+    """The backward proper: backend BPTT for (dA, dh0), then dW_hh in one GEMM. Shapes as in ElmanRecurrence."""
+    Y, h0, w_hh, lengths = ctx.saved_tensors
+    T, B, H = Y.shape
+    if B == 0:
+        dA, dh0 = torch.zeros_like(Y), torch.zeros_like(h0)
+    else:
+        dA, dh0 = backend_module(ctx.backend).backward(
+            dY.contiguous(), dh_n.contiguous(), Y, w_hh, lengths, ctx.reverse, ctx.nonlinearity, ctx.tier,
+            ctx.allow_tf32)
+    dw_hh = None
+    if ctx.needs_input_grad[2]:
+        S = predecessor_states(Y, h0, lengths, ctx.reverse)
+        dw_hh = dA.reshape(T * B, H).t().mm(S.reshape(T * B, H)) if B > 0 else torch.zeros_like(w_hh)
+    return dA, dh0, dw_hh, None, None, None, None, None, None
 
 
 def recurrence(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None = None, reverse: bool = False,

@@ -35,8 +35,12 @@ def activation(a: Tensor, nonlinearity: str) -> Tensor:
 
 
 def activation_grad_from_output(h: Tensor, nonlinearity: str) -> Tensor:
-    """f'(a) expressed through h = f(a): 1 - h² for tanh, [h > 0] for relu."""
-    return 1.0 - h * h if nonlinearity == "tanh" else (h > 0).to(h.dtype)
+    """f'(a) expressed through h = f(a) [*]: 1 - h² for tanh, [not h <= 0] for relu.
+
+    relu is written ``not (h <= 0)`` rather than ``h > 0`` so that a NaN state passes the gradient through, as
+    torch's relu backward (threshold_backward: ``h <= 0 ? 0 : g``) and so nn.RNN do; ``h > 0`` would zero it.
+    """
+    return 1.0 - h * h if nonlinearity == "tanh" else (h <= 0).logical_not().to(h.dtype)
 
 
 def _order(T: int, reverse: bool) -> range:

@@ -30,8 +30,16 @@ GPU_VERIFIED_REPORT: str = ""
 _TIER_ENV = {"cuda": "FUSED_RNN_CUDA_TIER", "triton": "FUSED_RNN_TRITON_TIER"}
 
 
+# Imported once, then looked up: torch.compile (Dynamo) refuses to trace importlib, so a Function whose forward
+# looked its backend up through importlib could not be compiled (checked: torch 2.14.1, CPU, 2026-11-27).
+_MODULES: dict[str, ModuleType] = {}
+
+
 def _module(name: str) -> ModuleType:
-    return importlib.import_module(f"fused_rnn.backends.{name}")
+    mod = _MODULES.get(name)
+    if mod is None:
+        mod = _MODULES[name] = importlib.import_module(f"fused_rnn.backends.{name}")
+    return mod
 
 
 def backend_module(name: str) -> ModuleType:
@@ -61,7 +69,10 @@ class Choice:
 
 
 def _check_usable(name: str, device: torch.device) -> ModuleType:
-    mod = backend_module(name)
+    try:
+        mod = backend_module(name)
+    except ImportError as e:  # a backend module missing from this install, or its dependency (triton) missing
+        raise RuntimeError(f"fused_rnn: backend {name!r} is not available here: {type(e).__name__}: {e}") from e
     ok, why = mod.available()
     if not ok:
         raise RuntimeError(f"fused_rnn: backend {name!r} is not available here: {why}")
@@ -92,6 +103,9 @@ def resolve(backend: str, device: torch.device, H: int, B: int, dtype: torch.dty
     name = backend
     if name == "auto":
         name = os.environ.get("FUSED_RNN_BACKEND", "auto") or "auto"
+        if name != "auto" and name not in BACKEND_NAMES:
+            raise ValueError(f"fused_rnn: FUSED_RNN_BACKEND={name!r} is not a backend; choose one of "
+                             f"{('auto',) + BACKEND_NAMES}")
     auto = name == "auto"
     if auto:
         name = _auto(device)
