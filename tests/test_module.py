@@ -408,3 +408,56 @@ def test_all_combinations_are_parametrized() -> None:
     """Guard against a parametrize line being dropped: the cross product above has 2^7 × 4 cases per backend."""
     marks = [m for m in test_matches_nn_rnn.pytestmark if m.name == "parametrize"]
     assert math.prod(len(m.args[1]) for m in marks) == 2 ** 7 * len(FORMS) == 512
+
+
+def test_frozen_parameters_input_gradient(cpu_backend: str) -> None:
+    """Parameters with requires_grad=False (dW_hh is skipped): the input and hx gradients still equal nn.RNN's."""
+    ours, theirs = make_pair(cpu_backend, torch.float64, num_layers=2, bidirectional=True)
+    for m in (ours, theirs):
+        m.requires_grad_(False)
+    x, hx, w_out, w_h = _inputs(False, 2, 2, torch.float64)
+    got = run(ours, "packed_unsorted", x, hx, UNSORTED_LENGTHS, False, True, w_out, w_h)
+    want = run(theirs, "packed_unsorted", x, hx, UNSORTED_LENGTHS, False, True, w_out, w_h)
+    assert all(v is None for k, v in got.items() if k.startswith("grad_weight") or k.startswith("grad_bias"))
+    assert_fp64_equal({k: v for k, v in got.items() if v is not None},
+                      {k: v for k, v in want.items() if v is not None})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# on a GPU (skipped without CUDA by conftest): the module on CUDA tensors vs nn.RNN on the CPU
+
+
+def _cuda_backends() -> list[str]:
+    """Backends that take CUDA tensors and are usable here ("reference" always is, so the test always exists)."""
+    from fused_rnn.backends.select import backend_module
+
+    names = fused_rnn.available_backends()
+    return [n for n in names if n == "reference" or backend_module(n).supports_device(torch.device("cuda"))]
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_quick
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("form", ["padded", "packed_unsorted", "lengths_kw"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("backend", _cuda_backends())
+def test_matches_nn_rnn_on_cuda(backend: str, nonlinearity: str, form: str, dtype: torch.dtype) -> None:
+    cfg = dict(num_layers=2, nonlinearity=nonlinearity, batch_first=True, bidirectional=True)
+    ours, theirs = make_pair(backend, dtype, **cfg)
+    ours.cuda()
+    x, hx, w_out, w_h = _inputs(True, 2, 2, dtype)
+    lengths = [T] * B if form == "padded" else UNSORTED_LENGTHS
+    theirs_form = "packed_unsorted" if form == "lengths_kw" else form
+    got = run(ours, form, x.cuda(), hx.cuda(), lengths, True, False, w_out.cuda(), w_h.cuda())
+    got = {k: v.cpu() for k, v in got.items()}
+    want = run(theirs, theirs_form, x, hx, lengths, True, False, w_out, w_h)
+    oracle = run(copy.deepcopy(theirs).double(), theirs_form, x.double(), hx.double(), lengths, True, False,
+                 w_out.double(), w_h.double())
+    if form == "lengths_kw":
+        for res in (want, oracle):
+            for k in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+                res.pop(k)
+    if dtype == torch.float64:
+        assert_fp64_equal(got, want)
+    else:
+        assert_within_rule(got, want, oracle)
