@@ -344,7 +344,8 @@ def test_nan_stays_in_its_row(cpu_backend: str, nonlinearity: str, bidirectional
 
 
 def test_relu_overflow_to_inf_matches_nn_rnn(cpu_backend: str) -> None:
-    """relu with huge positive weights overflows fp32 to +inf after a few steps: same infs as nn.RNN."""
+    """relu with huge positive weights overflows fp32 to +inf after a few steps: the same infs (and, in the
+    gradients, the same infs and NaNs) as nn.RNN; finite values agree."""
     ours, theirs = make_pair(cpu_backend, torch.float32, nonlinearity="relu")
     with torch.no_grad():
         for m in (ours, theirs):
@@ -352,15 +353,19 @@ def test_relu_overflow_to_inf_matches_nn_rnn(cpu_backend: str) -> None:
             m.weight_hh_l0.fill_(1e12)
             m.bias_ih_l0.fill_(0.5)
             m.bias_hh_l0.fill_(0.25)
-    x = torch.rand(T, B, I) + 1.0
-    out, h_n = ours(x)
-    ref_out, ref_h = theirs(x)
+    x0 = torch.rand(T, B, I) + 1.0
+    res = []
+    for m in (ours, theirs):
+        x = x0.clone().requires_grad_(True)
+        out, h_n = m(x)
+        (out.sum() + h_n.sum()).backward()
+        res.append([out.detach(), h_n.detach(), x.grad] + [p.grad for p in m.parameters()])
+    ref_out = res[1][0]
     assert torch.isinf(ref_out).any() and torch.isfinite(ref_out[0]).all(), "test setup: no overflow happened"
-    assert torch.equal(torch.isinf(out), torch.isinf(ref_out))
-    assert torch.equal(torch.isnan(out), torch.isnan(ref_out))
-    fin = torch.isfinite(ref_out)
-    torch.testing.assert_close(out[fin], ref_out[fin], rtol=1e-5, atol=0)
-    assert torch.equal(torch.isinf(h_n), torch.isinf(ref_h))
+    for got, want in zip(*res):
+        assert torch.equal(torch.isinf(got), torch.isinf(want)) and torch.equal(torch.isnan(got), torch.isnan(want))
+        fin = torch.isfinite(want)
+        torch.testing.assert_close(got[fin], want[fin], rtol=1e-5, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
