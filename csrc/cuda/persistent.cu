@@ -32,9 +32,29 @@ bool launch(const Args<T>& a, bool use_cluster, cudaStream_t stream) {
   return use_cluster ? launch_cluster<T, BT, kBwd>(a, stream, 0) : launch_coop<T, BT, kBwd>(a, stream, 0);
 }
 
+// Cluster tier: the smallest batch tile whose clusters (about min(16, H/kRows) CTAs each) all fit on the device
+// at once, so that a small batch spreads over more SMs (B=16, H=1024 bf16: 4 clusters of 16 CTAs instead of 2,
+// 10.0 -> 6.5 us/step forward, H200, 2026-11-27). Clusters are independent, so more of them than fit only run in
+// waves -- correct, just slower.
+int pick_bt_cluster(int B, int H) {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return pick_bt(B);
+  }
+  const int c = H < 16 * kRows ? ceil_div(H, kRows) : 16;
+  const int bt_max = pick_bt(B);
+  for (int bt : {1, 4, 8}) {
+    if (bt > bt_max) break;
+    if (static_cast<long long>(ceil_div(B, bt)) * c <= sms) return bt;
+  }
+  return bt_max;
+}
+
 template <typename T, bool kBwd>
 bool launch_any_bt(const Args<T>& a, bool use_cluster, cudaStream_t stream) {
-  switch (pick_bt(a.B)) {
+  switch (use_cluster ? pick_bt_cluster(a.B, a.H) : pick_bt(a.B)) {
     case 1:
       return launch<T, 1, kBwd>(a, use_cluster, stream);
     case 4:
