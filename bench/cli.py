@@ -1,0 +1,135 @@
+"""Command line of ``python -m bench``: arguments, a progress bar on stderr, the run loop, the outputs.
+
+Exit status: 0 when every correctness check passed, 1 when a provider FAILED its check or raised (ERROR),
+2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .cases import PRESET_CONFIG, PRESETS, preset_cases
+from .providers import EXTRA_NAMES, FUSED_BACKENDS
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+
+
+class Progress:
+    """A plain progress bar on stderr: redrawn in place on a terminal, one line per step in a log file."""
+
+    def __init__(self, total: int, width: int = 30) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.width = width
+        self.t0 = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def tick(self, what: str) -> None:
+        self.done += 1
+        frac = min(self.done / self.total, 1.0)
+        bar = "#" * int(frac * self.width) + "." * (self.width - int(frac * self.width))
+        line = f"[{bar}] {self.done}/{self.total} {time.perf_counter() - self.t0:5.0f}s {what}"
+        if self.tty:
+            sys.stderr.write("\r" + line[:150].ljust(150))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description="Benchmark fused_rnn against torch.nn.RNN.")
+    p.add_argument("--preset", choices=PRESETS, default="quick",
+                   help="tiny (tests, seconds), quick (default, ≤ 3 min on a 2-core CPU), gpu (≤ 60 s on an "
+                        "H100), full (the whole grid)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--backends", nargs="+", default=None, metavar="NAME",
+                   help="only these providers (nn.RNN is always kept): "
+                        f"{', '.join(EXTRA_NAMES[1:] + FUSED_BACKENDS)} or backend:tier, e.g. cuda:fallback; "
+                        "commas work too")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda if available, else cpu")
+    p.add_argument("--with-flashrnn", action="store_true", help="also time FlashRNN (needs `import flashrnn`)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop starting new cases after this many seconds (default: the preset's budget)")
+    args = p.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
+    if args.backends is not None:
+        names = [n for item in args.backends for n in item.split(",") if n]
+        allowed = set(EXTRA_NAMES) | set(FUSED_BACKENDS)
+        bad = [n for n in names if n not in allowed and n.split(":", 1)[0] not in FUSED_BACKENDS]
+        if bad:
+            p.error(f"--backends: unknown name(s) {bad}; choose from {sorted(allowed)} or backend:tier")
+        args.backends = names
+    if args.budget_s is not None and args.budget_s <= 0:
+        p.error("--budget-s must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from . import report
+    from .floor import measure_peaks
+    from .providers import discover
+    from .runner import Runner, derive
+    from .timing import time_gpu
+
+    device = torch.device(args.device)
+    cfg = PRESET_CONFIG[args.preset]
+    budget = args.budget_s if args.budget_s is not None else cfg.budget_s
+    cases = preset_cases(args.preset, device.type)
+    providers, notes = discover(device, args.backends, args.with_flashrnn)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"bench: cannot create --out {args.out}: {e}", file=sys.stderr)
+        return 2
+    print(f"bench: preset {args.preset} on {device.type}, {len(cases)} cases, providers: "
+          f"{', '.join(p.name for p in providers)}", file=sys.stderr)
+    for n in notes:
+        print(f"bench: note: {n}", file=sys.stderr)
+
+    peaks = None
+    if device.type == "cuda":
+        keys = sorted({c.dtype for c in cases if c.dtype != "fp64"})
+        peaks = measure_peaks(keys, lambda fn: time_gpu(fn, 5, 30).median_ms)
+    env = report.environment(device, args.preset, notes)
+    runner = Runner(device, providers, cfg)
+    progress = Progress(sum(runner.tasks(c) for c in cases))
+    runner.progress = progress.tick
+    json_path, md_path = args.out / report.JSON_NAME, args.out / report.MD_NAME
+    t0 = time.perf_counter()
+    dropped: list[str] = []
+    for case in cases:
+        if budget is not None and time.perf_counter() - t0 > budget:
+            dropped.append(f"{case.label()} {case.dtype}")
+            continue
+        runner.run_case(case)
+        derive(runner.rows, peaks)
+        # Written after every case: a run stopped by an outer timeout still leaves what it measured.
+        report.write_json(json_path, env, runner.rows, peaks, dropped, finished=False)
+        md_path.write_text(report.markdown(env, runner.rows, peaks, dropped))
+    progress.close()
+    derive(runner.rows, peaks)
+    report.write_json(json_path, env, runner.rows, peaks, dropped, finished=True)
+    md = report.markdown(env, runner.rows, peaks, dropped)
+    md_path.write_text(md)
+    report.write_plot(args.out / report.PNG_NAME, runner.rows,
+                      f"{env['device_name']} · torch {env['torch']} · {env['date_utc'][:10]} · preset {args.preset}")
+    print(md)
+    fails = report.failures(runner.rows)
+    print(f"bench: {time.perf_counter() - t0:.0f} s; wrote {json_path}, {md_path}, {args.out / report.PNG_NAME}"
+          + (f"; {len(fails)} FAILED/ERROR rows" if fails else "; all correctness checks passed"), file=sys.stderr)
+    return 1 if fails else 0
