@@ -126,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(json_path, env, runner.rows, peaks, dropped, finished=True)
     md = report.markdown(env, runner.rows, peaks, dropped)
     md_path.write_text(md)
-    report.write_plot(args.out / report.PNG_NAME, runner.rows,
-                      f"{env['device_name']} · torch {env['torch']} · {env['date_utc'][:10]} · preset {args.preset}")
+    why_no_plot = report.write_plot(
+        args.out / report.PNG_NAME, runner.rows,
+        f"{env['device_name']} · torch {env['torch']} · {env['date_utc'][:10]} · preset {args.preset}")
+    if why_no_plot:
+        print(f"bench: {why_no_plot}", file=sys.stderr)
     print(md)
     fails = report.failures(runner.rows)
     print(f"bench: {time.perf_counter() - t0:.0f} s; wrote {json_path}, {md_path}, {args.out / report.PNG_NAME}"

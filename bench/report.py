@@ -188,9 +188,15 @@ def markdown(env: dict, rows: list[Row], peaks: Peaks | None, dropped: list[str]
     return "\n".join(lines) + "\n"
 
 
-def write_plot(path: Path, rows: list[Row], title: str) -> None:
-    """Speedup vs batch size, one line per (provider, H), one panel per (dtype, mode); single-layer cases only."""
-    import matplotlib
+def write_plot(path: Path, rows: list[Row], title: str) -> str | None:
+    """Speedup vs batch size, one line per (provider, H), one panel per (dtype, mode); single-layer cases only.
+
+    Returns None when written, else why not (matplotlib missing -- the table and JSON do not need it).
+    """
+    try:
+        import matplotlib
+    except ImportError as e:
+        return f"plot not written: matplotlib is not installed ({e})"
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -220,3 +226,4 @@ def write_plot(path: Path, rows: list[Row], title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return None
