@@ -187,6 +187,7 @@ class PresetConfig:
     cpu_min_samples: at least this many timed blocks per measurement (slow calls get one block per call), so
         the p20/p80 spread means something; extra samples stop after ~3 s.
     gpu_warmup_ms / gpu_rep_ms: triton.testing.do_bench warm-up and repetition time per measurement.
+    gpu_max_rep_ms: the repetition time is raised to 5 calls of a slow provider, up to this.
     reference_max_steps: time the reference loop only when T·layers·directions ≤ this (it launches ~8 ops per step).
     """
 
@@ -195,17 +196,18 @@ class PresetConfig:
     cpu_min_samples: int
     gpu_warmup_ms: int
     gpu_rep_ms: int
+    gpu_max_rep_ms: int
     reference_max_steps: int
 
 
 PRESET_CONFIG: dict[str, PresetConfig] = {
-    "tiny": PresetConfig(budget_s=None, cpu_min_run_s=0.01, cpu_min_samples=3, gpu_warmup_ms=2, gpu_rep_ms=5,
-                         reference_max_steps=64),
-    "quick": PresetConfig(budget_s=170.0, cpu_min_run_s=0.3, cpu_min_samples=5, gpu_warmup_ms=10, gpu_rep_ms=50,
-                          reference_max_steps=512),
+    "tiny": PresetConfig(budget_s=None, cpu_min_run_s=0.01, cpu_min_samples=3,
+                         gpu_warmup_ms=2, gpu_rep_ms=5, gpu_max_rep_ms=20, reference_max_steps=64),
+    "quick": PresetConfig(budget_s=170.0, cpu_min_run_s=0.3, cpu_min_samples=5,
+                          gpu_warmup_ms=10, gpu_rep_ms=50, gpu_max_rep_ms=300, reference_max_steps=512),
     # gpu: 50 s of cases leaves ~10 s of the 60 s stage for start-up (CUDA context, peak-rate probes, plot).
-    "gpu": PresetConfig(budget_s=50.0, cpu_min_run_s=0.3, cpu_min_samples=5, gpu_warmup_ms=3, gpu_rep_ms=15,
-                        reference_max_steps=64),
-    "full": PresetConfig(budget_s=None, cpu_min_run_s=1.0, cpu_min_samples=7, gpu_warmup_ms=25, gpu_rep_ms=100,
-                         reference_max_steps=1024),
+    "gpu": PresetConfig(budget_s=50.0, cpu_min_run_s=0.3, cpu_min_samples=5,
+                        gpu_warmup_ms=3, gpu_rep_ms=15, gpu_max_rep_ms=100, reference_max_steps=64),
+    "full": PresetConfig(budget_s=None, cpu_min_run_s=1.0, cpu_min_samples=7,
+                         gpu_warmup_ms=25, gpu_rep_ms=100, gpu_max_rep_ms=1000, reference_max_steps=1024),
 }

@@ -79,6 +79,8 @@ class Provider:
             m = fused_rnn.RNN(**kw, backend=backend)
         m.load_state_dict(state_dict)
         m = m.to(device=device, dtype=case.torch_dtype).train()  # train: cuDNN's backward refuses eval mode
+        if isinstance(m, nn.RNN) and not hasattr(m, "backend"):
+            m.flatten_parameters()  # one contiguous weight buffer for cuDNN, as a tuned training loop has it
         if self.kind == "compile":
             m = torch.compile(m, dynamic=False)
         return m

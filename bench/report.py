@@ -161,7 +161,12 @@ def markdown(env: dict, rows: list[Row], peaks: Peaks | None, dropped: list[str]
         head += ["TFLOP/s", "× floor"]
     head += ["err/tol"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    shown = [r for r in rows if r.status != "skipped"]
+    skipped: dict[tuple[str, str], int] = {}
     for r in rows:
+        if r.status == "skipped":
+            skipped[(r.provider, r.note)] = skipped.get((r.provider, r.note), 0) + 1
+    for r in shown:
         t = r.timing
         tcell = "—" if t is None else f"{t.median_ms:.3f} ({t.p20_ms:.3f}–{t.p80_ms:.3f})"
         if r.compile_s is not None:
@@ -178,6 +183,7 @@ def markdown(env: dict, rows: list[Row], peaks: Peaks | None, dropped: list[str]
     fails = failures(rows)
     lines += ["", f"**correctness: {'all checks passed' if not fails else f'{len(fails)} FAILED/ERROR rows'}**"]
     notes = list(env.get("provider_notes", []))
+    notes += [f"{prov}: not run in {n} row(s): {why}" for (prov, why), n in skipped.items()]
     if dropped:
         notes.append(f"time budget reached: {len(dropped)} case(s) not run: {', '.join(dropped)}")
     if notes:
@@ -206,16 +212,20 @@ def write_plot(path: Path, rows: list[Row], title: str) -> str | None:
         if r.speedup is None or r.provider == "nn.RNN" or r.case.layers != 1 or r.case.bidirectional:
             continue
         panel = pts.setdefault((r.case.dtype, r.mode), {})
-        panel.setdefault((r.provider, r.case.H), []).append((r.case.B, r.speedup))
+        panel.setdefault((r.provider, r.case.H, r.case.T), []).append((r.case.B, r.speedup))
     n = max(1, len(pts))
-    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False)
+    ncols = min(n, 3)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.2 * nrows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(pts):]:
+        ax.set_axis_off()
     if not pts:
-        axes[0][0].text(0.5, 0.5, "no timed rows with an nn.RNN baseline", ha="center", va="center")
-        axes[0][0].set_axis_off()
-    for ax, ((dtype, mode), lines) in zip(axes[0], sorted(pts.items())):
-        for (prov, H), xy in sorted(lines.items()):
+        flat[0].text(0.5, 0.5, "no timed rows with an nn.RNN baseline", ha="center", va="center")
+    for ax, ((dtype, mode), lines) in zip(flat, sorted(pts.items())):
+        for (prov, H, T), xy in sorted(lines.items()):
             xy.sort()
-            ax.plot([b for b, _ in xy], [s for _, s in xy], marker="o", label=f"{prov} H={H}")
+            ax.plot([b for b, _ in xy], [s for _, s in xy], marker="o", label=f"{prov} H={H} T={T}")
         ax.axhline(1.0, color="gray", lw=0.8, ls="--")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size B")

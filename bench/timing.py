@@ -53,28 +53,40 @@ def time_cpu(fn: Callable[[], object], min_run_s: float, min_samples: int = 3, e
                   f"torch.utils.benchmark blocked_autorange(min_run_time={min_run_s}s)")
 
 
-def time_gpu(fn: Callable[[], object], warmup_ms: int, rep_ms: int) -> Timing:
-    """triton.testing.do_bench (it flushes L2 between calls); CUDA events when triton is missing."""
+def time_gpu(fn: Callable[[], object], warmup_ms: int, rep_ms: int, max_rep_ms: int | None = None,
+             min_calls: int = 5) -> Timing:
+    """triton.testing.do_bench (it flushes L2 between calls); CUDA events when triton is missing.
+
+    do_bench repeats for ``rep_ms``, i.e. once for a call longer than that; the repetition time is raised to
+    ``min_calls`` calls (at most ``max_rep_ms``) so that p20/p80 come from several calls.
+    """
+    est = _estimate_ms(fn)
+    rep = max(rep_ms, min(min_calls * est, max_rep_ms if max_rep_ms is not None else rep_ms))
     try:
         from triton.testing import do_bench
     except Exception:
         do_bench = None
     if do_bench is not None:
-        med, p20, p80 = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
-        return Timing(float(med), float(p20), float(p80), -1, f"triton do_bench(warmup={warmup_ms}, rep={rep_ms})")
-    return _time_events(fn, warmup_ms, rep_ms)
+        med, p20, p80 = do_bench(fn, warmup=warmup_ms, rep=rep, quantiles=[0.5, 0.2, 0.8])
+        return Timing(float(med), float(p20), float(p80), max(1, int(rep / max(est, 1e-6))),
+                      f"triton do_bench(warmup={warmup_ms}, rep={rep:.0f})")
+    return _time_events(fn, warmup_ms, rep)
 
 
-def _time_events(fn: Callable[[], object], warmup_ms: int, rep_ms: int) -> Timing:
-    """Plain CUDA-event timing, one event pair per call (used only without triton)."""
+def _estimate_ms(fn: Callable[[], object]) -> float:
+    """One call's time in ms (after one untimed call), with CUDA events."""
     fn()
-    torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     fn()
     end.record()
     torch.cuda.synchronize()
-    est = max(start.elapsed_time(end), 1e-3)
+    return max(start.elapsed_time(end), 1e-3)
+
+
+def _time_events(fn: Callable[[], object], warmup_ms: int, rep_ms: float) -> Timing:
+    """Plain CUDA-event timing, one event pair per call (used only without triton)."""
+    est = _estimate_ms(fn)
     for _ in range(max(1, int(warmup_ms / est))):
         fn()
     n = max(3, int(rep_ms / est))
