@@ -80,7 +80,8 @@ class Provider:
         m.load_state_dict(state_dict)
         m = m.to(device=device, dtype=case.torch_dtype).train()  # train: cuDNN's backward refuses eval mode
         if isinstance(m, nn.RNN) and not hasattr(m, "backend"):
-            m.flatten_parameters()  # one contiguous weight buffer for cuDNN, as a tuned training loop has it
+            # .to() does not re-flatten (torch 2.11-2.14): without this cuDNN compacts the weights on every call
+            m.flatten_parameters()
         if self.kind == "compile":
             m = torch.compile(m, dynamic=False)
         return m

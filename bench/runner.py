@@ -229,6 +229,7 @@ class Runner:
         m = nn.RNN(case.H, case.H, num_layers=case.layers, nonlinearity="tanh", bidirectional=case.bidirectional)
         m.load_state_dict(sd)
         m = m.to(device=self.device, dtype=torch.float64).train()
+        m.flatten_parameters()  # .to() does not re-flatten (torch 2.11-2.14); cuDNN warns and compacts per call
         res = run_once(m, x64, dy64)
         return {k: v.detach() for k, v in res.items()}
 

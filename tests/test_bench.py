@@ -255,3 +255,12 @@ def test_tiny_on_gpu_reports_floor(tmp_path):
     timed = [r for r in data["rows"] if "time_ms" in r]
     assert timed and all(r["tflops"] > 0 and r["floor_ratio"] > 0 for r in timed)
     assert data["all_checks_passed"] is True
+
+
+def test_budget_drops_cases_and_says_so(tmp_path):
+    rc = cli.main(["--preset", "tiny", "--out", str(tmp_path), "--device", "cpu", "--budget-s", "1e-9"])
+    assert rc == 0
+    data = json.loads((tmp_path / report.JSON_NAME).read_text())
+    assert len(data["dropped_cases"]) == len(preset_cases("tiny", "cpu"))
+    assert data["rows"] == [] and data["n_checks"] == 0
+    assert "time budget reached" in (tmp_path / report.MD_NAME).read_text()
