@@ -7,6 +7,7 @@ Exit status: 0 when every correctness check passed, 1 when a provider FAILED its
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         keys = sorted({c.dtype for c in cases if c.dtype != "fp64"})
         peaks = measure_peaks(keys, lambda fn: time_gpu(fn, 5, 30).median_ms)
     env = report.environment(device, args.preset, notes)
+    env["dtypes"] = sorted({c.dtype for c in cases})
+    env["preset_config"] = dataclasses.asdict(cfg)
+    env["budget_s"] = budget
     runner = Runner(device, providers, cfg)
     progress = Progress(sum(runner.tasks(c) for c in cases))
     runner.progress = progress.tick

@@ -264,3 +264,57 @@ def test_budget_drops_cases_and_says_so(tmp_path):
     assert len(data["dropped_cases"]) == len(preset_cases("tiny", "cpu"))
     assert data["rows"] == [] and data["n_checks"] == 0
     assert "time budget reached" in (tmp_path / report.MD_NAME).read_text()
+
+
+def _fake_tiered_backend(calls: list[str]):
+    """A stand-in for a tiered GPU backend, on the CPU: the reference's math, recording the tier each call got."""
+    import types
+
+    from fused_rnn.backends import reference
+
+    def forward(P, h0, w_hh, lengths, reverse, nonlinearity, tier="", allow_tf32=False):
+        calls.append(tier)
+        return reference.forward(P, h0, w_hh, lengths, reverse, nonlinearity)
+
+    def backward(dY, dh_n, Y, w_hh, lengths, reverse, nonlinearity, tier="", allow_tf32=False):
+        return reference.backward(dY, dh_n, Y, w_hh, lengths, reverse, nonlinearity)
+
+    return types.SimpleNamespace(
+        NAME="cuda", TIERS=("t_one", "t_two", "t_three"), available=lambda: (True, ""),
+        supports_device=lambda device: True, pick_tier=lambda H, B, dtype, device: "t_two",
+        compiled_tiers=lambda: ("t_one", "t_two"), forward=forward, backward=backward)
+
+
+def test_tiers_are_forced_one_by_one_and_the_heuristic_pick_is_marked(monkeypatch):
+    from fused_rnn.backends import select
+
+    calls: list[str] = []
+    fake = _fake_tiered_backend(calls)
+    real_module = select._module
+    monkeypatch.setattr(select, "_module", lambda name: fake if name == "cuda" else real_module(name))
+    monkeypatch.setenv("FUSED_RNN_CUDA_TIER", "t_one")  # the caller's setting: overridden per provider, restored
+
+    provs, notes = discover(torch.device("cpu"), ["cuda"], with_flashrnn=False)
+    assert [p.name for p in provs] == ["nn.RNN", "cuda:t_one", "cuda:t_two"]
+    assert any("t_three" in n and "not compiled" in n for n in notes)
+
+    case = Case(T=5, B=3, H=6, modes=("fwd", "fwd+bwd"))
+    runner = Runner(torch.device("cpu"), provs, PRESET_CONFIG["tiny"])
+    runner.run_case(case)
+    rows = {(r.provider, r.mode): r for r in runner.rows}
+    for mode in case.modes:
+        assert rows[("cuda:t_one", mode)].status == "ok" and not rows[("cuda:t_one", mode)].heuristic
+        assert rows[("cuda:t_two", mode)].status == "ok" and rows[("cuda:t_two", mode)].heuristic
+    assert set(calls) == {"t_one", "t_two"}  # each provider's forced tier reached the backend
+    assert os.environ["FUSED_RNN_CUDA_TIER"] == "t_one"
+
+
+def test_precision_sets_both_tf32_flags_and_restores_them():
+    from bench.runner import precision, tf32_flags
+
+    before = tf32_flags()
+    for on in (True, False):
+        with precision(on):
+            assert tf32_flags() == {"cudnn.allow_tf32": on, "cuda.matmul.allow_tf32": on,
+                                    "fused_rnn.allow_tf32()": on}
+    assert tf32_flags() == before
