@@ -190,6 +190,9 @@ class PresetConfig:
     gpu_warmup_ms / gpu_rep_ms: triton.testing.do_bench warm-up and repetition time per measurement.
     gpu_max_rep_ms: the repetition time is raised to 5 calls of a slow provider, up to this.
     reference_max_steps: time the reference loop only when T·layers·directions ≤ this (it launches ~8 ops per step).
+    stall_s: a step (one check, one timing) running longer than this is taken for a hang: the report so far is
+        written with where it stopped, and the process exits with status 3 (a deadlocked kernel must not eat a
+        whole GPU stage).
     """
 
     budget_s: float | None
@@ -199,18 +202,23 @@ class PresetConfig:
     gpu_rep_ms: int
     gpu_max_rep_ms: int
     reference_max_steps: int
+    stall_s: float
 
 
 PRESET_CONFIG: dict[str, PresetConfig] = {
     "tiny": PresetConfig(budget_s=None, cpu_min_run_s=0.01, cpu_min_samples=3,
-                         gpu_warmup_ms=2, gpu_rep_ms=5, gpu_max_rep_ms=20, reference_max_steps=64),
+                         gpu_warmup_ms=2, gpu_rep_ms=5, gpu_max_rep_ms=20, reference_max_steps=64,
+                         stall_s=120.0),
     "quick": PresetConfig(budget_s=170.0, cpu_min_run_s=0.3, cpu_min_samples=5,
-                          gpu_warmup_ms=10, gpu_rep_ms=50, gpu_max_rep_ms=300, reference_max_steps=512),
+                          gpu_warmup_ms=10, gpu_rep_ms=50, gpu_max_rep_ms=300, reference_max_steps=512,
+                          stall_s=300.0),
     # gpu: the budget counts from main() (after `import torch`); on an H200 (2026-11-27, torch 2.11) start-up and
     # the peak-rate probes took ~11 s and a case with only nn.RNN ~1 s, so 45 s leaves room for the last case
     # (several providers, Triton JIT) and the plot inside the 60 s stage.
     "gpu": PresetConfig(budget_s=45.0, cpu_min_run_s=0.3, cpu_min_samples=5,
-                        gpu_warmup_ms=3, gpu_rep_ms=15, gpu_max_rep_ms=100, reference_max_steps=64),
+                        gpu_warmup_ms=3, gpu_rep_ms=15, gpu_max_rep_ms=100, reference_max_steps=64,
+                        stall_s=40.0),
     "full": PresetConfig(budget_s=None, cpu_min_run_s=1.0, cpu_min_samples=7,
-                         gpu_warmup_ms=25, gpu_rep_ms=100, gpu_max_rep_ms=1000, reference_max_steps=1024),
+                         gpu_warmup_ms=25, gpu_rep_ms=100, gpu_max_rep_ms=1000, reference_max_steps=1024,
+                         stall_s=900.0),
 }

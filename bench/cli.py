@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -47,6 +50,41 @@ class Progress:
             sys.stderr.flush()
 
 
+class Watchdog:
+    """Declares a hang when no heartbeat came for ``limit_s``: calls ``on_stall(what, seconds)`` (which writes the
+    report so far) and then ``exit_fn(3)``. A hung GPU kernel cannot be interrupted from Python, so the process
+    ends itself rather than eat the rest of a GPU stage; the report says where it stopped."""
+
+    def __init__(self, limit_s: float, on_stall: Callable[[str, float], None],
+                 exit_fn: Callable[[int], object] = os._exit) -> None:
+        self.limit_s = limit_s
+        self.on_stall = on_stall
+        self.exit_fn = exit_fn
+        self.what = "start-up"
+        self.t = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="bench-watchdog", daemon=True)
+        self._thread.start()
+
+    def beat(self, what: str) -> None:
+        self.what, self.t = what, time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        poll = min(1.0, self.limit_s / 4)
+        while not self._stop.wait(poll):
+            idle = time.monotonic() - self.t
+            if idle > self.limit_s:
+                try:
+                    self.on_stall(self.what, idle)
+                finally:
+                    self.exit_fn(3)
+                return
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description="Benchmark fused_rnn against torch.nn.RNN.")
     p.add_argument("--preset", choices=PRESETS, default="quick",
@@ -62,6 +100,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--with-flashrnn", action="store_true", help="also time FlashRNN (needs `import flashrnn`)")
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting new cases after this many seconds (default: the preset's budget)")
+    p.add_argument("--stall-s", type=float, default=None,
+                   help="treat a single check or timing that runs longer than this as a hang: write the report "
+                        "so far and exit with status 3 (default: the preset's)")
     args = p.parse_args(argv)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -76,6 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.backends = names
     if args.budget_s is not None and args.budget_s <= 0:
         p.error("--budget-s must be positive")
+    if args.stall_s is not None and args.stall_s <= 0:
+        p.error("--stall-s must be positive")
     return args
 
 
@@ -103,6 +146,20 @@ def main(argv: list[str] | None = None) -> int:
     for n in notes:
         print(f"bench: note: {n}", file=sys.stderr)
 
+    dropped: list[str] = []
+    state: dict = {"env": None, "peaks": None, "rows": []}  # what the watchdog's report needs
+    json_path, md_path = args.out / report.JSON_NAME, args.out / report.MD_NAME
+
+    def on_stall(what: str, idle: float) -> None:
+        msg = f"STALLED: no progress for {idle:.0f} s while {what}; the run was stopped (exit status 3)"
+        print(f"\nbench: {msg}", file=sys.stderr, flush=True)
+        if state["env"] is not None:
+            env_s = dict(state["env"], provider_notes=list(state["env"]["provider_notes"]) + [msg])
+            report.write_json(json_path, env_s, state["rows"], state["peaks"], dropped, finished=False)
+            md_path.write_text(report.markdown(env_s, state["rows"], state["peaks"], dropped))
+
+    watchdog = Watchdog(args.stall_s if args.stall_s is not None else cfg.stall_s, on_stall)
+    watchdog.beat("measuring peak rates" if device.type == "cuda" else "start-up")
     peaks = None
     if device.type == "cuda":
         keys = sorted({c.dtype for c in cases if c.dtype != "fp64"})
@@ -111,12 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     env["dtypes"] = sorted({c.dtype for c in cases})
     env["preset_config"] = dataclasses.asdict(cfg)
     env["budget_s"] = budget
+    state["env"], state["peaks"] = env, peaks
     runner = Runner(device, providers, cfg)
+    state["rows"] = runner.rows  # the same list object: the watchdog reports what is done so far
     progress = Progress(sum(runner.tasks(c) for c in cases))
     runner.progress = progress.tick
-    json_path, md_path = args.out / report.JSON_NAME, args.out / report.MD_NAME
+    runner.heartbeat = watchdog.beat
     t0 = time.perf_counter()
-    dropped: list[str] = []
     for case in cases:
         if budget is not None and time.perf_counter() - t_start > budget:
             dropped.append(f"{case.label()} {case.dtype}")
@@ -127,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         report.write_json(json_path, env, runner.rows, peaks, dropped, finished=False)
         md_path.write_text(report.markdown(env, runner.rows, peaks, dropped))
     progress.close()
+    watchdog.beat("writing the report")
     derive(runner.rows, peaks)
     report.write_json(json_path, env, runner.rows, peaks, dropped, finished=True)
     md = report.markdown(env, runner.rows, peaks, dropped)
@@ -136,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{env['device_name']} · torch {env['torch']} · {env['date_utc'][:10]} · preset {args.preset}")
     if why_no_plot:
         print(f"bench: {why_no_plot}", file=sys.stderr)
+    watchdog.stop()
     print(md)
     fails = report.failures(runner.rows)
     print(f"bench: {time.perf_counter() - t0:.0f} s; wrote {json_path}, {md_path}, {args.out / report.PNG_NAME}"

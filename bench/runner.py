@@ -150,6 +150,7 @@ class Runner:
         self.cfg = cfg
         self.rows: list[Row] = []
         self.progress = progress or (lambda s: None)
+        self.heartbeat: Callable[[str], None] = lambda s: None  # "now doing X" for the stall watchdog
 
     def tasks(self, case: Case) -> int:
         """Number of progress ticks a case takes (one per applicable provider and mode)."""
@@ -190,6 +191,8 @@ class Runner:
 
         with precision(case.tf32):
             flags = tf32_flags()
+            tag = f"{case.label()} {case.dtype}"
+            self.heartbeat(f"{tag}: fp64 oracle and reference error")
             oracle = self._oracle(case, sd, x64, dy64 if want_grad else None)
             # the reference's own error sets the tolerance of every non-reference provider (skip it if none runs)
             ref_err = (self._reference_errors(case, sd, x64, dy64 if want_grad else None, oracle)
@@ -198,9 +201,11 @@ class Runner:
             dy = dy64.to(case.torch_dtype) if want_grad else None
             for p, _ in applicable:
                 with p.environment():
+                    self.heartbeat(f"{tag}: checking {p.name}")
                     model, check = self._check(p, case, sd, x, dy, oracle, ref_err)
                     heur = p.heuristic_tier(case, dev)
                     for mode in case.modes:
+                        self.heartbeat(f"{tag}: timing {p.name} {mode}")
                         self.progress(f"{case.label()} {case.dtype} {mode} {p.name}")
                         row = Row(case, mode, p.name, check.status if check.status != "baseline" else "ok",
                                   check=check, heuristic=heur is not None and heur == p.tier, tf32=flags)

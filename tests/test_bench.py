@@ -318,3 +318,59 @@ def test_precision_sets_both_tf32_flags_and_restores_them():
             assert tf32_flags() == {"cudnn.allow_tf32": on, "cuda.matmul.allow_tf32": on,
                                     "fused_rnn.allow_tf32()": on}
     assert tf32_flags() == before
+
+
+def test_watchdog_reports_a_stall_and_exits_3():
+    import threading
+
+    stalls, exits, fired = [], [], threading.Event()
+
+    def on_exit(code):
+        exits.append(code)
+        fired.set()
+
+    wd = cli.Watchdog(0.3, lambda what, idle: stalls.append((what, idle)), exit_fn=on_exit)
+    wd.beat("timing cuda:persistent fwd")
+    assert fired.wait(5.0), "the watchdog did not fire"
+    wd.stop()
+    assert exits == [3]
+    assert stalls[0][0] == "timing cuda:persistent fwd" and stalls[0][1] > 0.3
+
+
+def test_watchdog_stays_quiet_while_beats_come():
+    import time
+
+    exits = []
+    wd = cli.Watchdog(0.5, lambda what, idle: None, exit_fn=exits.append)
+    for i in range(8):
+        wd.beat(f"step {i}")
+        time.sleep(0.1)
+    wd.stop()
+    assert exits == []
+
+
+HANGING_RUN = """
+import sys, time
+import bench.providers as bp
+from bench import cli
+
+class Hanging(bp.Provider):
+    def build(self, state_dict, case, device):
+        time.sleep(60)  # a kernel that never returns, as far as the bench can tell
+
+real = bp.discover
+bp.discover = lambda d, w, f: (real(d, w, f)[0] + [Hanging("hanging", "fused", backend="reference")], [])
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_hang_ends_the_run_with_status_3_and_a_report(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", HANGING_RUN, "--preset", "tiny", "--out", str(tmp_path),
+                           "--device", "cpu", "--backends", "reference", "--stall-s", "8"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "STALLED" in proc.stderr and "checking hanging" in proc.stderr
+    data = json.loads((tmp_path / report.JSON_NAME).read_text())
+    assert data["finished"] is False
+    assert any("STALLED" in n for n in data["env"]["provider_notes"])
+    assert "STALLED" in (tmp_path / report.MD_NAME).read_text()
