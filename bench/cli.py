@@ -1,7 +1,7 @@
 """Command line of ``python -m bench``: arguments, a progress bar on stderr, the run loop, the outputs.
 
 Exit status: 0 when every correctness check passed, 1 when a provider FAILED its check or raised (ERROR),
-2 for bad arguments.
+2 for bad arguments, 3 when a single check or timing stalled past the preset's stall_s (a hung kernel).
 """
 
 from __future__ import annotations
