@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -143,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"bench: preset {args.preset} on {device.type}, {len(cases)} cases, providers: "
           f"{', '.join(p.name for p in providers)}", file=sys.stderr)
+    if device.type == "cuda" and any(c.dtype == "bf16" for c in cases):
+        # torch.backends.cudnn.CUDNN_TENSOR_DTYPES has no bf16 (torch 2.11-2.14), so nn.RNN.flatten_parameters()
+        # leaves bf16 weights as they are and cuDNN compacts them on every training call, warning each time
+        # (seen on an H200, torch 2.11, 2026-11-27). That is the nn.RNN users get; say it once, not per call.
+        warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
+        notes.append("nn.RNN bf16: torch does not flatten bf16 RNN weights for cuDNN (bf16 is not in "
+                     "cudnn.CUDNN_TENSOR_DTYPES), so cuDNN compacts them on every training call; the baseline "
+                     "includes that cost, as every nn.RNN user in bf16 pays it")
     for n in notes:
         print(f"bench: note: {n}", file=sys.stderr)
 
