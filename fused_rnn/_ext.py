@@ -10,7 +10,9 @@ import torch  # noqa: F401  (must precede the extension import)
 
 _LOAD_ERROR: str | None = None
 try:
-    from . import _C  # noqa: F401
+    import importlib
+
+    importlib.import_module("fused_rnn._C")  # says "No module named 'fused_rnn._C'" when not built
 
     LOADED = True
 except ImportError as e:  # not built, or built against another torch

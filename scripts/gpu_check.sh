@@ -87,7 +87,7 @@ s5() {
 
 s6() {
   local d; d=$(mktemp -d)
-  $PY -m bench --preset gpu --out "$d" ${BENCH_ARGS:-}
+  timeout $(( ${S6_BUDGET:-150} - 10 )) $PY -m bench --preset gpu --out "$d" ${BENCH_ARGS:-}
   local rc=$?
   for f in "$d"/*.md "$d"/*.json "$d"/*.png; do
     [ -f "$f" ] && cp "$f" "$OUT/bench.${f##*.}"
@@ -96,7 +96,7 @@ s6() {
 }
 
 export -f s1 s2 s3 s4 s5 s6
-export PY OUT
+export PY OUT S6_BUDGET
 fail=0
 want 1 && { stage 1 "versions, card, driver" 20 s1 || fail=1; }
 want 2 && { stage 2 "build (MAX_JOBS=16)" 240 s2 || { fail=1; echo "build failed: later stages skipped" >> "$R"; exit 1; }; }
