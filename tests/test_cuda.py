@@ -11,7 +11,12 @@ Shapes: T time, B batch, H hidden.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -68,6 +73,145 @@ def test_heuristic_small_h_is_batch_tiled() -> None:
     assert cuda_heuristic.pick_tier(64, 1, torch.float32, dev, TIERS) == "batch_tiled"
     assert cuda_heuristic.pick_tier(300, 4, torch.bfloat16, dev, TIERS) == "batch_tiled"
     assert cuda_heuristic.pick_tier(300, 4, torch.float32, dev, TIERS) == "fallback"  # fp32 H=300: 352 KB
+
+
+@pytest.mark.parametrize(("dtype", "h_max"), [(torch.float32, 240), (torch.bfloat16, 336), (torch.float16, 336),
+                                              (torch.float64, 168)], ids=str)
+def test_heuristic_limit_matches_227kb(dtype: torch.dtype, h_max: int) -> None:
+    """The largest H the batch_tiled launcher fits in 227 KB (computed by hand from its layout: H rows of
+    roundup(H, 16 B) plus two fp32/fp64 state rows) is the heuristic's limit too."""
+    assert cuda_heuristic.batch_tiled_smem_bytes(h_max, dtype) <= 227 * 1024
+    assert cuda_heuristic.batch_tiled_smem_bytes(h_max + 1, dtype) > 227 * 1024
+    if not torch.cuda.is_available():  # the device's own limit is used where there is one
+        dev = torch.device("cuda")
+        assert cuda_heuristic.pick_tier(h_max, 1, dtype, dev, TIERS) == "batch_tiled"
+        assert cuda_heuristic.pick_tier(h_max + 1, 1, dtype, dev, TIERS) == "fallback"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The kernels' logic on the CPU: csrc/cuda/emulate/emulate.cpp compiles elman_kernels.cuh as host C++ (a thread per
+# CUDA thread, barriers for __syncthreads and shuffles) -- indexing, reductions, lengths, reverse and rounding are
+# checked here without a GPU; timing, the memory model and the launches are not.
+# ---------------------------------------------------------------------------------------------------------------
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_EMU_DT = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+
+
+def _cuda_include_dirs() -> list[str]:
+    """Directories holding cuda_runtime.h / cuda_fp16.h: the toolkit's, or the nvidia wheels torch depends on."""
+    cands = [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include"), "/usr/local/cuda/include"]
+    for sp in sys.path:
+        cands += [os.path.join(sp, "nvidia", "cu13", "include"), os.path.join(sp, "nvidia", "cuda_runtime", "include")]
+    return [d for d in dict.fromkeys(cands) if os.path.exists(os.path.join(d, "cuda_fp16.h"))]
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    cxx = shutil.which("g++") or shutil.which("c++")
+    cuda_inc = _cuda_include_dirs()
+    if cxx is None or not cuda_inc:
+        pytest.skip("no host C++ compiler or no CUDA headers (toolkit or nvidia wheels) to build the emulation")
+    out = str(tmp_path_factory.mktemp("emu") / "libemu.so")
+    from torch.utils.cpp_extension import include_paths
+
+    cmd = [cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-o", out,
+           os.path.join(_ROOT, "csrc", "cuda", "emulate", "emulate.cpp"), "-I" + os.path.join(_ROOT, "csrc", "cuda"),
+           "-I" + os.path.join(_ROOT, "csrc")] + ["-I" + d for d in include_paths() + cuda_inc]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return ctypes.CDLL(out)
+
+
+def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
+
+
+def _emu_fallback_fwd(lib: ctypes.CDLL, P: torch.Tensor, h0: torch.Tensor, w: torch.Tensor, L: torch.Tensor | None,
+                      rev: bool, act: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """elman_cuda.cpp's fallback forward loop (GEMM per step, then the pointwise kernel) with the emulated kernels.
+    P [T,B,H], h0 [B,H], w [H,H], L [B] | None -> Y [T,B,H], h_n [B,H]; outputs start as NaN."""
+    T, B, H = P.shape
+    acc = torch.float64 if P.dtype == torch.float64 else torch.float32
+    Y, hn = torch.full_like(P, float("nan")), torch.full_like(h0, float("nan"))
+    S, W = h0.to(acc).clone(), w.to(acc)
+    G = torch.empty_like(S)
+    args = (_ptr(P), _ptr(h0), _ptr(w), _ptr(L), _ptr(Y), _ptr(hn), T, B, H, int(rev), act)
+    for s in range(T):
+        torch.mm(S, W.t(), out=G)
+        lib.emu_fb_fwd(_EMU_DT[P.dtype], 0, *args, s, _ptr(S), _ptr(G))
+    lib.emu_fb_fwd(_EMU_DT[P.dtype], 2, *args, 0, _ptr(S), _ptr(G))
+    return Y, hn
+
+
+def _emu_fallback_bwd(lib: ctypes.CDLL, dY: torch.Tensor, dhn: torch.Tensor, Y: torch.Tensor, w: torch.Tensor,
+                      L: torch.Tensor | None, rev: bool, act: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fallback backward loop; dY, Y [T,B,H], dhn [B,H], w [H,H] -> dA [T,B,H], dh0 [B,H]."""
+    T, B, H = Y.shape
+    acc = torch.float64 if Y.dtype == torch.float64 else torch.float32
+    dA, dh0 = torch.full_like(Y, float("nan")), torch.full_like(dhn, float("nan"))
+    G = torch.full((B, H), float("nan"), dtype=acc)
+    D, W = torch.full_like(G, float("nan")), w.to(acc)
+    args = (_ptr(dY), _ptr(dhn), _ptr(Y), _ptr(w), _ptr(L), _ptr(dA), _ptr(dh0), T, B, H, int(rev), act)
+    for s in range(T - 1, -1, -1):
+        if s < T - 1:
+            torch.mm(D, W, out=G)
+        lib.emu_fb_bwd(_EMU_DT[Y.dtype], 1, *args, s, _ptr(D), _ptr(G))
+    torch.mm(D, W, out=G)
+    lib.emu_fb_bwd(_EMU_DT[Y.dtype], 3, *args, 0, _ptr(D), _ptr(G))
+    return dA, dh0
+
+
+EMU_CASES = [  # (tier, T, B, H, dtype, reverse, varlen, act, BT): every G of the thread layout, partial tiles, the
+    # unpadded shared-memory layout (fp32 H=240, bf16 H=336), T=1, H=1.
+    ("batch_tiled", 7, 3, 17, torch.float32, True, True, "tanh", 2),
+    ("batch_tiled", 9, 5, 100, torch.float64, False, True, "relu", 4),
+    ("batch_tiled", 6, 7, 128, torch.bfloat16, True, True, "tanh", 2),
+    ("batch_tiled", 5, 2, 240, torch.float32, True, True, "tanh", 1),
+    ("batch_tiled", 4, 2, 336, torch.float16, False, True, "relu", 1),
+    ("batch_tiled", 1, 3, 2, torch.float32, True, True, "tanh", 4),
+    ("batch_tiled", 3, 1, 1, torch.float32, False, False, "relu", 1),
+    ("fallback", 7, 3, 17, torch.float16, True, True, "relu", 1),
+    ("fallback", 9, 5, 100, torch.bfloat16, False, True, "tanh", 1),
+    ("fallback", 4, 2, 33, torch.float64, True, False, "tanh", 1),
+]
+
+
+@needs_cuda_build
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("case", EMU_CASES, ids=lambda c: _case_id(c[:8]) + f"-BT{c[8]}")
+def test_kernels_emulated_on_cpu(emu: ctypes.CDLL, case: tuple) -> None:
+    tier, T, B, H, dtype, rev, varlen, act, BT = case
+    P, h0, w, dY, dhn, L = _inputs(T, B, H, dtype, 11, varlen, torch.device("cpu"))
+    a = 0 if act == "tanh" else 1
+    if tier == "batch_tiled":
+        Y, hn = torch.full_like(P, float("nan")), torch.full_like(h0, float("nan"))
+        assert emu.emu_fwd(_EMU_DT[dtype], _ptr(P), _ptr(h0), _ptr(w), _ptr(L), _ptr(Y), _ptr(hn), T, B, H, int(rev),
+                           a, BT) == 1
+    else:
+        Y, hn = _emu_fallback_fwd(emu, P, h0, w, L, rev, a)
+    Yr, hnr = ref.forward(P, h0, w, L, rev, act)
+    Yo, hno = ref.forward(P.double(), h0.double(), w.double(), L, rev, act)
+    _judge("Y", Y, Yr, Yo, dtype)
+    _judge("h_n", hn, hnr, hno, dtype)
+    if tier == "batch_tiled":
+        dA, dh0 = torch.full_like(P, float("nan")), torch.full_like(h0, float("nan"))
+        assert emu.emu_bwd(_EMU_DT[dtype], _ptr(dY), _ptr(dhn), _ptr(Yr), _ptr(w), _ptr(L), _ptr(dA), _ptr(dh0), T, B,
+                           H, int(rev), a, BT) == 1
+    else:
+        dA, dh0 = _emu_fallback_bwd(emu, dY, dhn, Yr, w, L, rev, a)
+    dAr, dh0r = ref.backward(dY, dhn, Yr, w, L, rev, act)
+    dAo, dh0o = ref.backward(dY.double(), dhn.double(), Yr.double(), w.double(), L, rev, act)
+    _judge("dA", dA, dAr, dAo, dtype)
+    _judge("dh0", dh0, dh0r, dh0o, dtype)
+
+
+@needs_cuda_build
+def test_emulated_batch_tiled_refuses_what_does_not_fit(emu: ctypes.CDLL) -> None:
+    """fp32 H=241 exceeds 227 KB: the launcher's config says "cannot run" (the dispatcher then runs fallback)."""
+    P, h0, w, _, _, _ = _inputs(2, 1, 241, torch.float32, 12, False, torch.device("cpu"))
+    Y, hn = torch.empty_like(P), torch.empty_like(h0)
+    assert emu.emu_fwd(0, _ptr(P), _ptr(h0), _ptr(w), None, _ptr(Y), _ptr(hn), 2, 1, 241, 0, 0, 1) == 0
 
 
 # ---------------------------------------------------------------------------------------------------------------

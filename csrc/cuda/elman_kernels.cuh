@@ -373,6 +373,7 @@ bool tile_config(int H, int BT, int smem_limit, TileCfg* c, int* smem_bytes) {
   return false;
 }
 
+#ifndef FUSED_RNN_EMULATE  // a CPU emulation of the kernels (thread per lane) compiles everything but the launches
 template <typename T, typename Acc, int JV, int BT, bool Fwd, typename Params>
 bool launch_tile(const Params& p, int smem_limit, cudaStream_t stream) {
   TileCfg c;
@@ -410,6 +411,8 @@ bool batch_tiled(const Params& p, cudaStream_t stream) {
   if (want >= 2 && launch_tile<T, Acc, JV, 2, Fwd>(p, smem_limit, stream)) return true;
   return launch_tile<T, Acc, JV, 1, Fwd>(p, smem_limit, stream);
 }
+
+#endif  // FUSED_RNN_EMULATE
 
 // ------------------------------------------------------------------------------------------------------------------
 // fallback: one pointwise kernel per step after the host's cuBLAS GEMM (any H, any B, any GPU).
