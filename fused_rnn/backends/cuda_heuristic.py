@@ -3,9 +3,10 @@
 The rule (H hidden, B batch, s = bytes per element of the dtype):
   1. ``batch_tiled`` when w_hh [H, H] fits in one CTA's opt-in shared memory:
      H · roundup(H, 16 / s) · s + 2 · H · acc_bytes <= the device's limit (227 KB on H100/H200: fp32 H <= 240,
-     fp16/bf16 H <= 336, fp64 H <= 168 -- the same bound the C++ launcher applies, csrc/cuda/elman_kernels.cuh). Batch rows are independent, so any B runs; at B <= #SMs every CTA takes
-     one row and the per-step latency is one on-chip matvec + one barrier (floor ≈ 0.9 µs at fp32 H = 224 on an
-     H100, estimated from smem bandwidth in NOTES.md, not yet measured).
+     fp16/bf16 H <= 336, fp64 H <= 168 -- the same bound the C++ launcher applies, csrc/cuda/elman_kernels.cuh).
+     Batch rows are independent, so any B runs; at B <= #SMs every CTA takes one row and the per-step latency is
+     one on-chip matvec + one barrier (floor ≈ 0.9 µs at fp32 H = 224 on an H100, estimated from shared-memory
+     bandwidth in NOTES.md, not yet measured).
   2. ``fallback`` otherwise (per-step cuBLAS GEMM + one pointwise kernel; any H, any B, any GPU).
 The persistent / cluster tiers are picked only once their author gives measured thresholds; a forced tier always
 works (the C++ side falls back to ``fallback`` when it cannot run).
