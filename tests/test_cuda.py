@@ -99,11 +99,18 @@ _EMU_DT = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16:
 
 
 def _cuda_include_dirs() -> list[str]:
-    """Directories holding cuda_runtime.h / cuda_fp16.h: the toolkit's, or the nvidia wheels torch depends on."""
+    """A CUDA toolkit include directory (cuda_fp16.h and crt/host_defines.h -- the nvidia wheels lack crt/), plus the
+    wheels' include directory torch's headers may want; [] when there is no toolkit."""
     cands = [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include"), "/usr/local/cuda/include"]
-    for sp in sys.path:
-        cands += [os.path.join(sp, "nvidia", "cu13", "include"), os.path.join(sp, "nvidia", "cuda_runtime", "include")]
-    return [d for d in dict.fromkeys(cands) if os.path.exists(os.path.join(d, "cuda_fp16.h"))]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        cands.append(os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "include"))
+    toolkit = [d for d in dict.fromkeys(cands)
+               if all(os.path.exists(os.path.join(d, *f)) for f in (("cuda_fp16.h",), ("crt", "host_defines.h")))]
+    if not toolkit:
+        return []
+    wheels = [os.path.join(sp, "nvidia", "cu13", "include") for sp in sys.path]
+    return toolkit[:1] + [d for d in dict.fromkeys(wheels) if os.path.isdir(d)]
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +118,7 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     cxx = shutil.which("g++") or shutil.which("c++")
     cuda_inc = _cuda_include_dirs()
     if cxx is None or not cuda_inc:
-        pytest.skip("no host C++ compiler or no CUDA headers (toolkit or nvidia wheels) to build the emulation")
+        pytest.skip("no host C++ compiler or no CUDA toolkit headers to build the emulation")
     out = str(tmp_path_factory.mktemp("emu") / "libemu.so")
     from torch.utils.cpp_extension import include_paths
 

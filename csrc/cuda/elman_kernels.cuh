@@ -107,14 +107,58 @@ struct alignas(sizeof(Acc) * BT >= 16 ? 16 : sizeof(Acc) * BT) VVec {
   Acc x[BT];
 };
 
-// out[e = b * JV + jv] (partial over this lane's rows) = sum_{r = lane_r (+G)} M[r][c0 + jv] * V[r][b].
-template <typename T, typename Acc, int JV, int BT>
+// Rows of M a lane keeps in registers for the whole sequence (its first RegRows rows r0, r0 + G, ...): at BT = 1 a
+// step is bound by shared-memory bandwidth (H²·s / 128 B/clk, NOTES.md), and these rows skip it. Sized so that
+// ptxas keeps every instantiation under the 128-register cap of 512 threads without spills (NOTES.md §3).
+// The budget is counted in fp32 values (ptxas hoists the conversions of 16-bit rows out of the time loop): 64 in
+// the forward, 32 in the backward (it holds three prefetch arrays). fp64 keeps none (correct first, fast later).
+template <typename T, int JV, int BT, bool Fwd>
+constexpr int reg_rows() {
+  return (BT != 1 || sizeof(T) == 8) ? 0 : (Fwd ? 64 : 32) / JV;
+}
+
+template <typename T, int JV, int R>
+struct RegRows {
+  MVec<T, JV> w[R > 0 ? R : 1];
+};
+
+// Loads this lane's register rows of M (columns c0 .. c0 + JV - 1; zero past row H).
+template <typename T, int JV, int R>
+__device__ __forceinline__ void load_reg_rows(const T* __restrict__ M, int Hs, int H, int c0, int r0, int G,
+                                              RegRows<T, JV, R>& rr) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    const int r = r0 + G * i;
+    if (r < H) {
+      rr.w[i] = *reinterpret_cast<const MVec<T, JV>*>(M + static_cast<int64_t>(r) * Hs + c0);
+    } else {
+#pragma unroll
+      for (int jv = 0; jv < JV; ++jv) rr.w[i].x[jv] = to_store<T>(0.0f);
+    }
+  }
+}
+
+// out[e = b * JV + jv] (partial over this lane's rows) = sum_{r = lane_r (+G)} M[r][c0 + jv] * V[r][b]; the first R
+// rows come from registers (rr), the rest from shared memory.
+template <typename T, typename Acc, int JV, int BT, int R>
 __device__ __forceinline__ void tile_matvec(const T* __restrict__ M, int Hs, const Acc* __restrict__ V, int H, int c0,
-                                            int r0, int G, Acc (&acc)[JV * BT]) {
+                                            int r0, int G, const RegRows<T, JV, R>& rr, Acc (&acc)[JV * BT]) {
 #pragma unroll
   for (int e = 0; e < JV * BT; ++e) acc[e] = Acc(0);
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    const int r = r0 + G * i;
+    if (r < H) {
+      const VVec<Acc, BT> v = *reinterpret_cast<const VVec<Acc, BT>*>(V + r * BT);
+#pragma unroll
+      for (int b = 0; b < BT; ++b) {
+#pragma unroll
+        for (int jv = 0; jv < JV; ++jv) acc[b * JV + jv] += to_acc<Acc>(rr.w[i].x[jv]) * v.x[b];
+      }
+    }
+  }
 #pragma unroll 4
-  for (int r = r0; r < H; r += G) {
+  for (int r = r0 + G * R; r < H; r += G) {
     const MVec<T, JV> w = *reinterpret_cast<const MVec<T, JV>*>(M + static_cast<int64_t>(r) * Hs + c0);
     const VVec<Acc, BT> v = *reinterpret_cast<const VVec<Acc, BT>*>(V + r * BT);
 #pragma unroll
@@ -166,6 +210,10 @@ __global__ void __launch_bounds__(512) batch_tiled_fwd_kernel(ElmanFwdParams p, 
 
   const int r0 = tid & (G - 1);
   const int grp = tid / G;
+  // passes == 1 whenever w_hh fits (tile_config), so a lane's columns, and its register rows, are fixed.
+  constexpr int R = reg_rows<T, JV, BT, true>();
+  RegRows<T, JV, R> rr;
+  load_reg_rows<T, JV, R>(M, Hs, H, grp * JV < H ? grp * JV : 0, r0, G, rr);
   int cur = 0;
   for (int s = 0; s < Lmax; ++s) {
     const Acc* V = cur ? V1 : V0;
@@ -186,7 +234,7 @@ __global__ void __launch_bounds__(512) batch_tiled_fwd_kernel(ElmanFwdParams p, 
       }
       Acc acc[JV * BT];
       // A group with no columns still runs (on column 0): every lane must reach the butterfly's shuffles.
-      tile_matvec<T, Acc, JV, BT>(M, Hs, V, H, jok ? j0 : 0, r0, G, acc);
+      tile_matvec<T, Acc, JV, BT, R>(M, Hs, V, H, jok ? j0 : 0, r0, G, rr, acc);
 #pragma unroll
       for (int e = 0; e < JV * BT; ++e) {
         const int b = e / JV, j = j0 + e % JV;
@@ -250,6 +298,9 @@ __global__ void __launch_bounds__(512) batch_tiled_bwd_kernel(ElmanBwdParams p, 
 
   const int r0 = tid & (G - 1);
   const int grp = tid / G;
+  constexpr int R = reg_rows<T, JV, BT, false>();
+  RegRows<T, JV, R> rr;
+  load_reg_rows<T, JV, R>(M, Hs, H, grp * JV < H ? grp * JV : 0, r0, G, rr);
   for (int s = Tn - 1; s >= Lmax; --s) {  // steps where every element of the tile is padded: dA = 0
     for (int idx = tid; idx < BT * H; idx += nt) {
       const int b = idx / H, k = idx - b * H;
@@ -279,7 +330,7 @@ __global__ void __launch_bounds__(512) batch_tiled_bwd_kernel(ElmanBwdParams p, 
       }
       Acc acc[JV * BT];
       if (mv) {
-        tile_matvec<T, Acc, JV, BT>(M, Hs, V, H, kok ? k0 : 0, r0, G, acc);
+        tile_matvec<T, Acc, JV, BT, R>(M, Hs, V, H, kok ? k0 : 0, r0, G, rr, acc);
       } else {
 #pragma unroll
         for (int e = 0; e < JV * BT; ++e) acc[e] = Acc(0);
@@ -310,7 +361,7 @@ __global__ void __launch_bounds__(512) batch_tiled_bwd_kernel(ElmanBwdParams p, 
     const bool kok = k0 < H;
     Acc acc[JV * BT];
     if (Lmax > 0) {
-      tile_matvec<T, Acc, JV, BT>(M, Hs, V, H, kok ? k0 : 0, r0, G, acc);
+      tile_matvec<T, Acc, JV, BT, R>(M, Hs, V, H, kok ? k0 : 0, r0, G, rr, acc);
     } else {
 #pragma unroll
       for (int e = 0; e < JV * BT; ++e) acc[e] = Acc(0);
@@ -354,6 +405,7 @@ bool tile_config(int H, int BT, int smem_limit, TileCfg* c, int* smem_bytes) {
   c->G = G;
   c->NJ = NJ;
   c->passes = (ncg + NJ - 1) / NJ;
+  if (c->passes != 1) return false;  // only when ncg > 512, i.e. H > 2048 fp32: w_hh could not fit anyway
   // Bank padding: the 8 lanes of a quarter-warp (one 128-byte wavefront of 16-byte loads) read 8 / G groups of G
   // rows (G <= 8) or 8 rows of one group; shifting each row by 128 / G bytes (16 for G >= 8) puts them in
   // distinct 16-byte bank slots.
