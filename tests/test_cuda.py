@@ -185,6 +185,7 @@ EMU_CASES = [  # (tier, T, B, H, dtype, reverse, varlen, act, BT): every G of th
 
 
 @needs_cuda_build
+@pytest.mark.slow  # ~10 s of g++ plus ~2 s per case on 2 cores: out of the quick CPU stage of make gpu-check
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("case", EMU_CASES, ids=lambda c: _case_id(c[:8]) + f"-BT{c[8]}")
 def test_kernels_emulated_on_cpu(emu: ctypes.CDLL, case: tuple) -> None:
@@ -214,6 +215,7 @@ def test_kernels_emulated_on_cpu(emu: ctypes.CDLL, case: tuple) -> None:
 
 
 @needs_cuda_build
+@pytest.mark.slow
 def test_emulated_batch_tiled_refuses_what_does_not_fit(emu: ctypes.CDLL) -> None:
     """fp32 H=241 exceeds 227 KB: the launcher's config says "cannot run" (the dispatcher then runs fallback)."""
     P, h0, w, _, _, _ = _inputs(2, 1, 241, torch.float32, 12, False, torch.device("cpu"))
