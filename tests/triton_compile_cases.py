@@ -28,10 +28,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     raise SystemExit("triton_compile_cases.py must run without TRITON_INTERPRET=1")
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from fused_rnn.backends import triton as TB  # noqa: E402
 from fused_rnn.backends import triton_kernels as K  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -78,7 +80,15 @@ def signature(kernel: str, dtype: str, constexprs: dict) -> dict:
     return sig
 
 
-def variants() -> list[Variant]:
+def resident_sizes(dtype: str, prec: str, ptxas: bool) -> list[int]:
+    """BLOCK_H values compiled for the resident kernels: 64/128/256 for the ptxas table; else 32 and the limit."""
+    if ptxas:
+        return [64, 128, 256]
+    limit = TB.resident_max_h(getattr(torch, dtype), prec == "tf32")
+    return sorted({32, limit})
+
+
+def variants(ptxas: bool = False) -> list[Variant]:
     out: list[Variant] = []
     flags = [(False, False, 0), (True, True, 1), (True, False, 0), (False, True, 1)]  # (HAS_LEN, REVERSE, NONLIN)
     precs = {"float32": ["ieee", "tf32"], "float16": ["ieee"], "bfloat16": ["ieee"], "float64": ["ieee"]}
@@ -87,7 +97,8 @@ def variants() -> list[Variant]:
         for prec in precs[dtype]:
             has_len, rev, nl = flags[i % len(flags)]
             i += 1
-            for H, warps in ((64, 4), (128, 8), (256, 8)):
+            for H in resident_sizes(dtype, prec, ptxas):
+                warps = TB.resident_num_warps(H)
                 for kern in ("elman_fwd_resident_kernel", "elman_bwd_resident_kernel"):
                     cx = dict(HAS_LEN=has_len, REVERSE=rev, NONLIN=nl, DOT_PREC=prec, INTERP=False,
                               BLOCK_B=16, BLOCK_H=H)
@@ -104,6 +115,15 @@ def variants() -> list[Variant]:
                               BLOCK_B=16, BLOCK_N=bn, BLOCK_K=64)
                     out.append(Variant(kern, dtype, cx, cooperative=True))
                     has_len, rev, nl = not has_len, not rev, 1 - nl
+    # triton passes an int argument equal to 1 as a constexpr: B = H = T = 1 must compile too (no `.to` on them)
+    base = dict(HAS_LEN=True, NONLIN=0, DOT_PREC="ieee", INTERP=False)
+    for kern in ("elman_fwd_resident_kernel", "elman_bwd_resident_kernel"):
+        out.append(Variant(kern, "float32", dict(base, REVERSE=True, BLOCK_B=16, BLOCK_H=16, T=1, B=1, H=1)))
+    for kern in ("elman_fwd_step_kernel", "elman_bwd_step_kernel"):
+        out.append(Variant(kern, "float32", dict(base, BLOCK_B=16, BLOCK_N=16, BLOCK_K=16, B=1, H=1)))
+    for kern in ("elman_fwd_coop_kernel", "elman_bwd_coop_kernel"):
+        out.append(Variant(kern, "float32", dict(base, REVERSE=False, N_TILES=1, BLOCK_B=16, BLOCK_N=16,
+                                                 BLOCK_K=16, T=1, B=1, H=1), cooperative=True))
     # the interpreter branch compiled once for the GPU too (it is plain triton; the constexpr must not break it)
     out.append(Variant("elman_fwd_resident_kernel", "float32",
                        dict(HAS_LEN=True, REVERSE=False, NONLIN=0, DOT_PREC="ieee", INTERP=True, BLOCK_B=16,
@@ -154,7 +174,7 @@ def main() -> int:
     ap.add_argument("--json", default="", help="write the per-variant results here")
     ap.add_argument("--only", default="", help="substring filter on the variant name")
     args = ap.parse_args()
-    vs = [v for v in variants() if args.only in v.name]
+    vs = [v for v in variants(args.ptxas) if args.only in v.name]
     failed = 0
     for v in vs:
         compile_variant(v, args.ptxas)

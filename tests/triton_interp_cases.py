@@ -185,13 +185,13 @@ def test_module_vs_torch_nn_rnn(tier: str, dtype: torch.dtype, case: tuple, monk
     layers, bidi, bf, nl, bias, packed = case
     monkeypatch.setenv("FUSED_RNN_TRITON_TIER", tier)
     torch.manual_seed(5)
-    I, H, T, B = 6, 13, 7, 4
+    n_in, H, T, B = 6, 13, 7, 4
     kw = dict(num_layers=layers, nonlinearity=nl, bias=bias, batch_first=bf, bidirectional=bidi)
-    ref = torch.nn.RNN(I, H, **kw).double()
-    mod = fused_rnn.RNN(I, H, **kw, backend="triton").double()
+    ref = torch.nn.RNN(n_in, H, **kw).double()
+    mod = fused_rnn.RNN(n_in, H, **kw, backend="triton").double()
     mod.load_state_dict(ref.state_dict())
     D = 2 if bidi else 1
-    x = torch.randn(B, T, I, dtype=torch.float64) if bf else torch.randn(T, B, I, dtype=torch.float64)
+    x = torch.randn(B, T, n_in, dtype=torch.float64) if bf else torch.randn(T, B, n_in, dtype=torch.float64)
     h0 = 0.3 * torch.randn(layers * D, B, H, dtype=torch.float64)
     lengths = torch.tensor([T, 5, 3, 1])
 
@@ -229,3 +229,25 @@ def test_opcheck_ops() -> None:
         Y, _ = TB.forward(d["P"], d["h0"], d["w"], d["L"], True, "tanh", tier, False)
         torch.library.opcheck(torch.ops.fused_rnn_triton.elman_bwd.default,
                               (d["dY"], d["dhn"], Y, d["w"], d["L"], True, "tanh", tier, False))
+
+
+@pytest.mark.skipif(tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 14),
+                    reason="torch < 2.14's wrap_triton rejects interpreted kernels (ENV.md); the GPU run covers it")
+@pytest.mark.parametrize("tier", INTERP_TIERS)
+def test_launch_through_wrap_triton(tier: str) -> None:
+    """The launchers' triton_op path (wrap_triton, as used on a GPU) forwards every launch option correctly."""
+    d = _inputs(4, 3, 5, True, seed=12)
+    Y, hn = TB.elman_fwd(d["P"], d["h0"], d["w"], d["L"], True, "relu", tier, False, use_wrap=True)
+    dA, dh0 = TB.elman_bwd(d["dY"], d["dhn"], Y, d["w"], d["L"], True, "relu", tier, False, use_wrap=True)
+    oracle = _run(R, d, torch.float64, True, "relu", "")
+    for name, a, b in zip(("Y", "h_n", "dA", "dh0"), (Y, hn, dA, dh0), oracle):
+        assert _err(a, b) <= 1e-12, f"{name}: {_err(a, b):.3e}"
+
+
+def test_empty_batch_returns_empty_results() -> None:
+    """B = 0 never launches (a zero-size grid is invalid on a GPU); direct calls get empty results."""
+    P, h0, w = torch.zeros(3, 0, 4), torch.zeros(0, 4), torch.randn(4, 4)
+    Y, hn = TB.forward(P, h0, w, None, False, "tanh", "per_step", False)
+    assert Y.shape == (3, 0, 4) and hn.shape == (0, 4)
+    dA, dh0 = TB.backward(torch.zeros_like(Y), hn, Y, w, None, False, "tanh", "per_step", False)
+    assert dA.shape == (3, 0, 4) and dh0.shape == (0, 4)

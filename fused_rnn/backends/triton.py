@@ -20,7 +20,7 @@ but does not fit this shape (``resident`` above its H limit, ``cooperative`` whe
 SM) runs ``per_step`` instead, like the CUDA backend's fallback. ``effective_tier`` says which tier a call runs.
 """
 
-import os
+import contextlib
 from typing import Optional
 
 import torch
@@ -40,18 +40,25 @@ except Exception as e:  # triton missing or broken: the backend reports itself u
     _IMPORT_ERROR = f"{type(e).__name__}: {e}"
 
 # Largest H the resident tier takes, per storage dtype (fp32 split by dot precision), sized from `ptxas -v` of these
-# kernels compiled for sm_90a by triton 3.8 (tests/test_triton_compile.py, 2026-11-27, this CPU machine, no GPU):
-# the limit is the largest power of two at which forward AND backward launch (smem <= 227 KB) without spilling.
-# See RESIDENT_PTXAS below for the figures.
+# kernels compiled for sm_90a by triton 3.8 (2026-11-27, this CPU machine, no GPU; the table is in
+# tests/test_triton_compile.py): the largest power of two at which forward AND backward launch (triton's shared
+# memory <= 227 KB) with no spill, except fp16/bf16 H=256 (~150-200 B of spill at 255 registers, kept: a one-launch
+# loop with a small spill should still beat a launch per step -- to be confirmed by the GPU bench).
+#   fp32 IEEE H=128: forward spills 5.0 KB;  TF32 / fp32 H=256 and fp64 H=256: 272-672 KB of shared memory.
 RESIDENT_MAX_H: dict[str, int] = {
     "float32": 64,  # IEEE
     "float32_tf32": 128,
-    "float16": 128,
-    "bfloat16": 128,
-    "float64": 32,
+    "float16": 256,
+    "bfloat16": 256,
+    "float64": 128,
 }
 RESIDENT_BLOCK_B = 16  # rows of the batch per resident program: tl.dot needs M >= 16
 COOP_BLOCK_B = 16
+
+
+def resident_num_warps(block_h: int) -> int:
+    """Warps of a resident program: 8 from BLOCK_H=64 (fp32 IEEE forward at H=64 spills 224 B with 4 warps)."""
+    return 4 if block_h <= 32 else 8
 
 
 def _interpreting() -> bool:
@@ -200,6 +207,11 @@ def _launcher(kernel, use_wrap: bool):
     return kernel
 
 
+def _device_guard(x: Tensor):
+    """Triton launches on the current CUDA device: make it x's (x on cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def _step_blocks(B: int, H: int) -> tuple[int, int, int]:
     """(BLOCK_B, BLOCK_N, BLOCK_K) for the per-step tiles; every dim >= 16 for tl.dot."""
     bb = min(64, max(16, _next_pow2(B)))
@@ -216,8 +228,19 @@ def elman_fwd(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], re
               nonlinearity: str, tier: str, allow_tf32: bool, use_wrap: bool = False) -> tuple[Tensor, Tensor]:
     """P [T, B, H], h0 [B, H], w_hh [H, H], lengths [B] | None -> (Y [T, B, H], h_n [B, H]); see reference.forward."""
     T, B, H = _check(P, h0, w_hh, lengths, nonlinearity, "elman_fwd")
-    P, h0, w_hh = P.contiguous(), h0.contiguous(), w_hh.contiguous()
+    if B == 0 or H == 0:  # a zero-size grid is an invalid launch; nothing to compute
+        return torch.zeros_like(P, memory_format=torch.contiguous_format), h0.clone(
+            memory_format=torch.contiguous_format)
     tier = effective_tier(tier, H, B, P.dtype, P.device, allow_tf32)
+    with _device_guard(P):
+        return _elman_fwd(P.contiguous(), h0.contiguous(), w_hh.contiguous(), lengths, reverse, nonlinearity, tier,
+                          allow_tf32, use_wrap)
+
+
+def _elman_fwd(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], reverse: bool,  # noqa: UP045
+               nonlinearity: str, tier: str, allow_tf32: bool, use_wrap: bool) -> tuple[Tensor, Tensor]:
+    """elman_fwd for checked, contiguous, non-empty inputs and a resolved tier, on the current device."""
+    T, B, H = P.shape
     Y = torch.empty_like(P)
     has_len = lengths is not None
     LEN = lengths if has_len else h0  # never read when HAS_LEN is False
@@ -229,7 +252,7 @@ def elman_fwd(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], re
         grid = (triton.cdiv(B, RESIDENT_BLOCK_B),)
         _launcher(K.elman_fwd_resident_kernel, use_wrap)[grid](
             P, h0, w_hh, LEN, Y, h_n, T, B, H, REVERSE=reverse, BLOCK_B=RESIDENT_BLOCK_B, BLOCK_H=bh,
-            num_warps=4 if bh <= 64 else 8, **common)
+            num_warps=resident_num_warps(bh), **common)
         return Y, h_n
     if tier == "cooperative":
         bn, nt = _coop_blocks(H, B, P.device)
@@ -261,8 +284,20 @@ def elman_bwd(dY: Tensor, dh_n: Tensor, Y: Tensor, w_hh: Tensor, lengths: Option
     if tuple(dY.shape) != (T, B, H) or dY.dtype != Y.dtype or dY.device != Y.device:
         raise ValueError(f"fused_rnn.triton.elman_bwd: dY {tuple(dY.shape)} {dY.dtype} must match Y "
                          f"{tuple(Y.shape)} {Y.dtype}")
-    dY, dh_n, Y, w_hh = dY.contiguous(), dh_n.contiguous(), Y.contiguous(), w_hh.contiguous()
+    if B == 0 or H == 0:
+        return torch.zeros_like(Y, memory_format=torch.contiguous_format), dh_n.clone(
+            memory_format=torch.contiguous_format)
     tier = effective_tier(tier, H, B, Y.dtype, Y.device, allow_tf32)
+    with _device_guard(Y):
+        return _elman_bwd(dY.contiguous(), dh_n.contiguous(), Y.contiguous(), w_hh.contiguous(), lengths, reverse,
+                          nonlinearity, tier, allow_tf32, use_wrap)
+
+
+def _elman_bwd(dY: Tensor, dh_n: Tensor, Y: Tensor, w_hh: Tensor, lengths: Optional[Tensor],  # noqa: UP045
+               reverse: bool, nonlinearity: str, tier: str, allow_tf32: bool,
+               use_wrap: bool) -> tuple[Tensor, Tensor]:
+    """elman_bwd for checked, contiguous, non-empty inputs and a resolved tier, on the current device."""
+    T, B, H = Y.shape
     dA = torch.empty_like(Y)
     acc = torch.float64 if Y.dtype == torch.float64 else torch.float32
     has_len = lengths is not None
@@ -275,7 +310,7 @@ def elman_bwd(dY: Tensor, dh_n: Tensor, Y: Tensor, w_hh: Tensor, lengths: Option
         grid = (triton.cdiv(B, RESIDENT_BLOCK_B),)
         _launcher(K.elman_bwd_resident_kernel, use_wrap)[grid](
             dY, dh_n, Y, w_hh, LEN, dA, dh0, T, B, H, REVERSE=reverse, BLOCK_B=RESIDENT_BLOCK_B, BLOCK_H=bh,
-            num_warps=4 if bh <= 64 else 8, **common)
+            num_warps=resident_num_warps(bh), **common)
         return dA, dh0
     if tier == "cooperative":
         bn, nt = _coop_blocks(H, B, Y.device)
@@ -290,7 +325,9 @@ def elman_bwd(dY: Tensor, dh_n: Tensor, Y: Tensor, w_hh: Tensor, lengths: Option
         return dA, cbuf[T % 2].to(Y.dtype)
     bb, bn, bk = _step_blocks(B, H)
     grid = (triton.cdiv(B, bb), triton.cdiv(H, bn))
-    cur = dh_n.to(acc, copy=True)  # never written in place: dh_n is the caller's; the carried gradient stays in fp32 (fp64) between steps: a scratch pair
+    # the carried gradient stays in fp32 (fp64) between steps, in a scratch pair; copied so that dh_n, the caller's
+    # tensor, is never written when the pair swaps
+    cur = dh_n.to(acc, copy=True)
     nxt = torch.empty_like(cur)
     launch = _launcher(K.elman_bwd_step_kernel, use_wrap)
     for s in range(T):

@@ -141,13 +141,12 @@ def elman_fwd_resident_kernel(
     h = tl.load(H0 + offs, mask=m2, other=0.0)  # the carried state, storage dtype
     if HAS_LEN:
         L = tl.load(LEN + rb, mask=mb, other=0)
-    step = B.to(tl.int64) * H
     for s in range(T):
         if REVERSE:
             t = T - 1 - s
         else:
             t = s
-        base = t.to(tl.int64) * step
+        base = t.to(tl.int64) * B * H  # never B.to(...): triton passes B == 1 as a constexpr
         p = tl.load(P + base + offs, mask=m2, other=0.0).to(ACC)
         a = p + _dot_state(h, wt, ACC, DOT_PREC, INTERP)
         h_new = _round(_activation(a, NONLIN, INTERP), DT)
@@ -181,13 +180,12 @@ def elman_bwd_resident_kernel(
     carry = tl.load(DHN + offs, mask=m2, other=0.0).to(ACC)
     if HAS_LEN:
         L = tl.load(LEN + rb, mask=mb, other=0)
-    step = B.to(tl.int64) * H
     for s in range(T):
         if REVERSE:  # walk the forward order backwards
             t = s
         else:
             t = T - 1 - s
-        base = t.to(tl.int64) * step
+        base = t.to(tl.int64) * B * H
         y = tl.load(Y + base + offs, mask=m2, other=0.0).to(ACC)
         dy = tl.load(DY + base + offs, mask=m2, other=0.0).to(ACC)
         da = _activation_grad(y, NONLIN) * (dy + carry)
@@ -345,15 +343,14 @@ def elman_fwd_coop_kernel(
     pid = tl.program_id(0)
     pid_b = pid // N_TILES
     pid_n = pid % N_TILES
-    BH = B.to(tl.int64) * H
     for s in range(T):
         if REVERSE:
             t = T - 1 - s
         else:
             t = s
-        cur = s % 2
+        cur = (s % 2).to(tl.int64)
         # ping-pong: step s reads HBUF[s % 2] and writes HBUF[1 - s % 2]; one barrier per step is then enough
-        _fwd_step_tile(P, W, LEN, HBUF + cur * BH, HBUF + (1 - cur) * BH, Y, t, B, H, pid_b, pid_n,
+        _fwd_step_tile(P, W, LEN, HBUF + cur * B * H, HBUF + (1 - cur) * B * H, Y, t, B, H, pid_b, pid_n,
                        HAS_LEN, NONLIN, DOT_PREC, INTERP, BLOCK_B, BLOCK_N, BLOCK_K, ".cg")
         _grid_barrier(SYNC + pid_b, (s + 1) * N_TILES)
 
@@ -370,13 +367,12 @@ def elman_bwd_coop_kernel(
     pid = tl.program_id(0)
     pid_b = pid // N_TILES
     pid_n = pid % N_TILES
-    BH = B.to(tl.int64) * H
     for s in range(T):
         if REVERSE:
             t = s
         else:
             t = T - 1 - s
-        cur = s % 2
-        _bwd_step_tile(DY, Y, W, LEN, CBUF + cur * BH, CBUF + (1 - cur) * BH, DA, t, B, H, pid_b, pid_n,
+        cur = (s % 2).to(tl.int64)
+        _bwd_step_tile(DY, Y, W, LEN, CBUF + cur * B * H, CBUF + (1 - cur) * B * H, DA, t, B, H, pid_b, pid_n,
                        HAS_LEN, NONLIN, DOT_PREC, INTERP, BLOCK_B, BLOCK_N, BLOCK_K, ".cg")
         _grid_barrier(SYNC + pid_b, (s + 1) * N_TILES)
