@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ compiled_mode = pytest.mark.skipif(INTERPRETING, reason="this process runs trito
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~45 s on 2 cores; `-m "not slow"` leaves it to the full CI run
 @pytest.mark.timeout(400)
 def test_interpreter_parity() -> None:
     """tests/triton_interp_cases.py under TRITON_INTERPRET=1 in its own process must pass (about 45 s on 2 cores)."""
@@ -42,7 +44,9 @@ def test_interpreter_parity() -> None:
                            os.path.join("tests", "triton_interp_cases.py")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=380)
     assert proc.returncode == 0, f"interpreter cases failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}"
-    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
+    # not skipped wholesale (e.g. the variable not reaching the child): the cases really ran
+    m = re.search(r"(\d+) passed", proc.stdout)
+    assert m and int(m.group(1)) >= 40, proc.stdout[-2000:]
 
 
 @compiled_mode

@@ -49,6 +49,7 @@ def compiled(tmp_path_factory) -> tuple[subprocess.CompletedProcess, list[dict]]
     return proc, results
 
 
+@pytest.mark.slow  # 67 variants: ~40 s of CPU (1m40 wall on the shared 2-core CI machine, cold triton cache)
 @pytest.mark.timeout(600)
 def test_every_variant_compiles_for_sm90(compiled) -> None:
     proc, results = compiled
@@ -68,6 +69,7 @@ def test_every_variant_compiles_for_sm90(compiled) -> None:
     assert "DOT_PREC=tf32" in names and "INTERP=True" in names
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_resident_limit_fits_shared_memory(compiled) -> None:
     """At RESIDENT_MAX_H (compiled by the script for every dtype) both resident kernels fit one SM's shared memory."""

@@ -51,7 +51,8 @@ class Variant:
 
     @property
     def name(self) -> str:
-        cx = ",".join(f"{k}={v}" for k, v in self.constexprs.items() if k != "INTERP" or v)
+        cx = ",".join(f"{k}={v}" for k, v in self.constexprs.items()
+                      if (k != "INTERP" or v) and not (k.endswith("_HOST") and v == 0))
         return f"{self.kernel}[{self.dtype},{cx},warps={self.num_warps}]"
 
 
@@ -101,11 +102,11 @@ def variants(ptxas: bool = False) -> list[Variant]:
                 warps = TB.resident_num_warps(H)
                 for kern in ("elman_fwd_resident_kernel", "elman_bwd_resident_kernel"):
                     cx = dict(HAS_LEN=has_len, REVERSE=rev, NONLIN=nl, DOT_PREC=prec, INTERP=False,
-                              BLOCK_B=16, BLOCK_H=H)
+                              BLOCK_B=16, BLOCK_H=H, T_HOST=0)
                     out.append(Variant(kern, dtype, cx, warps))
             for kern in ("elman_fwd_step_kernel", "elman_bwd_step_kernel"):
                 cx = dict(HAS_LEN=has_len, NONLIN=nl, DOT_PREC=prec, INTERP=False, BLOCK_B=16, BLOCK_N=64,
-                          BLOCK_K=64)
+                          BLOCK_K=64, H_HOST=0)
                 out.append(Variant(kern, dtype, cx))
                 cx = dict(cx, HAS_LEN=not has_len, NONLIN=1 - nl, BLOCK_B=64, BLOCK_N=16, BLOCK_K=16)
                 out.append(Variant(kern, dtype, cx))
@@ -118,16 +119,16 @@ def variants(ptxas: bool = False) -> list[Variant]:
     # triton passes an int argument equal to 1 as a constexpr: B = H = T = 1 must compile too (no `.to` on them)
     base = dict(HAS_LEN=True, NONLIN=0, DOT_PREC="ieee", INTERP=False)
     for kern in ("elman_fwd_resident_kernel", "elman_bwd_resident_kernel"):
-        out.append(Variant(kern, "float32", dict(base, REVERSE=True, BLOCK_B=16, BLOCK_H=16, T=1, B=1, H=1)))
+        out.append(Variant(kern, "float32", dict(base, REVERSE=True, BLOCK_B=16, BLOCK_H=16, T_HOST=0, T=1, B=1, H=1)))
     for kern in ("elman_fwd_step_kernel", "elman_bwd_step_kernel"):
-        out.append(Variant(kern, "float32", dict(base, BLOCK_B=16, BLOCK_N=16, BLOCK_K=16, B=1, H=1)))
+        out.append(Variant(kern, "float32", dict(base, BLOCK_B=16, BLOCK_N=16, BLOCK_K=16, H_HOST=0, B=1, H=1)))
     for kern in ("elman_fwd_coop_kernel", "elman_bwd_coop_kernel"):
         out.append(Variant(kern, "float32", dict(base, REVERSE=False, N_TILES=1, BLOCK_B=16, BLOCK_N=16,
                                                  BLOCK_K=16, T=1, B=1, H=1), cooperative=True))
     # the interpreter branch compiled once for the GPU too (it is plain triton; the constexpr must not break it)
     out.append(Variant("elman_fwd_resident_kernel", "float32",
                        dict(HAS_LEN=True, REVERSE=False, NONLIN=0, DOT_PREC="ieee", INTERP=True, BLOCK_B=16,
-                            BLOCK_H=32)))
+                            BLOCK_H=32, T_HOST=5)))
     return out
 
 

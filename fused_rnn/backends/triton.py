@@ -241,6 +241,8 @@ def _elman_fwd(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], r
                nonlinearity: str, tier: str, allow_tf32: bool, use_wrap: bool) -> tuple[Tensor, Tensor]:
     """elman_fwd for checked, contiguous, non-empty inputs and a resolved tier, on the current device."""
     T, B, H = P.shape
+    # loop bounds as host ints for triton 3.6's interpreter (kernel docstrings); constant 0 when compiled
+    t_host, h_host = (T, H) if K.INTERPRET else (0, 0)
     Y = torch.empty_like(P)
     has_len = lengths is not None
     LEN = lengths if has_len else h0  # never read when HAS_LEN is False
@@ -251,7 +253,7 @@ def _elman_fwd(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], r
         bh = max(16, _next_pow2(H))
         grid = (triton.cdiv(B, RESIDENT_BLOCK_B),)
         _launcher(K.elman_fwd_resident_kernel, use_wrap)[grid](
-            P, h0, w_hh, LEN, Y, h_n, T, B, H, REVERSE=reverse, BLOCK_B=RESIDENT_BLOCK_B, BLOCK_H=bh,
+            P, h0, w_hh, LEN, Y, h_n, T, B, H, REVERSE=reverse, BLOCK_B=RESIDENT_BLOCK_B, BLOCK_H=bh, T_HOST=t_host,
             num_warps=resident_num_warps(bh), **common)
         return Y, h_n
     if tier == "cooperative":
@@ -271,7 +273,8 @@ def _elman_fwd(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], r
     launch = _launcher(K.elman_fwd_step_kernel, use_wrap)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        launch[grid](P, w_hh, LEN, cur, nxt, Y, t, B, H, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=4, **common)
+        launch[grid](P, w_hh, LEN, cur, nxt, Y, t, B, H, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, H_HOST=h_host,
+                     num_warps=4, **common)
         cur, nxt = nxt, cur
     return Y, cur
 
@@ -298,6 +301,8 @@ def _elman_bwd(dY: Tensor, dh_n: Tensor, Y: Tensor, w_hh: Tensor, lengths: Optio
                use_wrap: bool) -> tuple[Tensor, Tensor]:
     """elman_bwd for checked, contiguous, non-empty inputs and a resolved tier, on the current device."""
     T, B, H = Y.shape
+    # loop bounds as host ints for triton 3.6's interpreter (kernel docstrings); constant 0 when compiled
+    t_host, h_host = (T, H) if K.INTERPRET else (0, 0)
     dA = torch.empty_like(Y)
     acc = torch.float64 if Y.dtype == torch.float64 else torch.float32
     has_len = lengths is not None
@@ -310,7 +315,7 @@ def _elman_bwd(dY: Tensor, dh_n: Tensor, Y: Tensor, w_hh: Tensor, lengths: Optio
         grid = (triton.cdiv(B, RESIDENT_BLOCK_B),)
         _launcher(K.elman_bwd_resident_kernel, use_wrap)[grid](
             dY, dh_n, Y, w_hh, LEN, dA, dh0, T, B, H, REVERSE=reverse, BLOCK_B=RESIDENT_BLOCK_B, BLOCK_H=bh,
-            num_warps=resident_num_warps(bh), **common)
+            T_HOST=t_host, num_warps=resident_num_warps(bh), **common)
         return dA, dh0
     if tier == "cooperative":
         bn, nt = _coop_blocks(H, B, Y.device)
@@ -332,8 +337,8 @@ def _elman_bwd(dY: Tensor, dh_n: Tensor, Y: Tensor, w_hh: Tensor, lengths: Optio
     launch = _launcher(K.elman_bwd_step_kernel, use_wrap)
     for s in range(T):
         t = s if reverse else T - 1 - s
-        launch[grid](dY, Y, w_hh, LEN, cur, nxt, dA, t, B, H, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, num_warps=4,
-                     **common)
+        launch[grid](dY, Y, w_hh, LEN, cur, nxt, dA, t, B, H, BLOCK_B=bb, BLOCK_N=bn, BLOCK_K=bk, H_HOST=h_host,
+                     num_warps=4, **common)
         cur, nxt = nxt, cur
     return dA, cur.to(Y.dtype)
 

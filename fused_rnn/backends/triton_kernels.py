@@ -125,9 +125,12 @@ def elman_fwd_resident_kernel(
     P, H0, W, LEN, Y, HN,  # P, Y [T, B, H]; H0, HN [B, H]; W [H, H]; LEN [B] int64 (unused unless HAS_LEN)
     T, B, H,
     HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, NONLIN: tl.constexpr, DOT_PREC: tl.constexpr,
-    INTERP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    INTERP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, T_HOST: tl.constexpr,
 ):
-    """Grid (cdiv(B, BLOCK_B),). Program b-tile: Y[:, tile], HN[tile] from P[:, tile], H0[tile] and all of W."""
+    """Grid (cdiv(B, BLOCK_B),). Program b-tile: Y[:, tile], HN[tile] from P[:, tile], H0[tile] and all of W.
+
+    T_HOST: T when interpreting, else 0 (unused; a constant, so it never causes a recompile).
+    """
     DT: tl.constexpr = P.dtype.element_ty
     ACC: tl.constexpr = tl.float64 if DT == tl.float64 else tl.float32
     rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -141,7 +144,9 @@ def elman_fwd_resident_kernel(
     h = tl.load(H0 + offs, mask=m2, other=0.0)  # the carried state, storage dtype
     if HAS_LEN:
         L = tl.load(LEN + rb, mask=mb, other=0)
-    for s in range(T):
+    # T_HOST under the interpreter: triton 3.6's interpreter makes a scalar argument (and any assigned value) a
+    # 1-element array that `range` rejects with NumPy >= 2.5; an inline constexpr choice keeps the GPU loop runtime
+    for s in range(T_HOST if INTERP else T):
         if REVERSE:
             t = T - 1 - s
         else:
@@ -165,9 +170,12 @@ def elman_bwd_resident_kernel(
     DY, DHN, Y, W, LEN, DA, DH0,  # DY, Y, DA [T, B, H]; DHN, DH0 [B, H]; W [H, H]; LEN [B] int64
     T, B, H,
     HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, NONLIN: tl.constexpr, DOT_PREC: tl.constexpr,
-    INTERP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    INTERP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, T_HOST: tl.constexpr,
 ):
-    """Grid (cdiv(B, BLOCK_B),). BPTT for one batch tile: DA[:, tile], DH0[tile]; the carry stays in ACC."""
+    """Grid (cdiv(B, BLOCK_B),). BPTT for one batch tile: DA[:, tile], DH0[tile]; the carry stays in ACC.
+
+    T_HOST: T when interpreting, else 0 (see the forward kernel).
+    """
     DT: tl.constexpr = Y.dtype.element_ty
     ACC: tl.constexpr = tl.float64 if DT == tl.float64 else tl.float32
     rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -180,7 +188,9 @@ def elman_bwd_resident_kernel(
     carry = tl.load(DHN + offs, mask=m2, other=0.0).to(ACC)
     if HAS_LEN:
         L = tl.load(LEN + rb, mask=mb, other=0)
-    for s in range(T):
+    # T_HOST under the interpreter: triton 3.6's interpreter makes a scalar argument (and any assigned value) a
+    # 1-element array that `range` rejects with NumPy >= 2.5; an inline constexpr choice keeps the GPU loop runtime
+    for s in range(T_HOST if INTERP else T):
         if REVERSE:  # walk the forward order backwards
             t = s
         else:
@@ -211,6 +221,7 @@ def _fwd_step_tile(
     t, B, H, pid_b, pid_n,
     HAS_LEN: tl.constexpr, NONLIN: tl.constexpr, DOT_PREC: tl.constexpr, INTERP: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STATE_CACHE: tl.constexpr,
+    H_HOST: tl.constexpr,
 ):
     """Y[t, b-tile, n-tile] and HNEXT[b-tile, n-tile] = f(P[t] + HPREV @ Wᵀ) (HPREV where the step is padding)."""
     DT: tl.constexpr = P.dtype.element_ty
@@ -221,7 +232,7 @@ def _fwd_step_tile(
     mn = rn < H
     rb64 = rb.to(tl.int64)
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
-    for k0 in range(0, H, BLOCK_K):
+    for k0 in range(0, H_HOST if INTERP else H, BLOCK_K):  # H_HOST: see the resident kernels
         rk = k0 + tl.arange(0, BLOCK_K)
         mk = rk < H
         hk = tl.load(HPREV + rb64[:, None] * H + rk[None, :], mask=mb[:, None] & mk[None, :], other=0.0,
@@ -250,6 +261,7 @@ def _bwd_step_tile(
     t, B, H, pid_b, pid_n,
     HAS_LEN: tl.constexpr, NONLIN: tl.constexpr, DOT_PREC: tl.constexpr, INTERP: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STATE_CACHE: tl.constexpr,
+    H_HOST: tl.constexpr,
 ):
     """DA[t, b-tile, n-tile] = f'(Y_t)(dY_t + CPREV); CNEXT[b-tile, n-tile] = dA_t @ W (CPREV where padding).
 
@@ -264,7 +276,7 @@ def _bwd_step_tile(
     rb64 = rb.to(tl.int64)
     base = t.to(tl.int64) * B * H
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
-    for k0 in range(0, H, BLOCK_K):
+    for k0 in range(0, H_HOST if INTERP else H, BLOCK_K):  # H_HOST: see the resident kernels
         rk = k0 + tl.arange(0, BLOCK_K)
         mk = rk < H
         mbk = mb[:, None] & mk[None, :]
@@ -296,11 +308,11 @@ def elman_fwd_step_kernel(
     P, W, LEN, HPREV, HNEXT, Y,  # P, Y [T, B, H]; W [H, H]; LEN [B]; HPREV, HNEXT [B, H]
     t, B, H,
     HAS_LEN: tl.constexpr, NONLIN: tl.constexpr, DOT_PREC: tl.constexpr, INTERP: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, H_HOST: tl.constexpr,
 ):
-    """Grid (cdiv(B, BLOCK_B), cdiv(H, BLOCK_N)): one forward step t."""
+    """Grid (cdiv(B, BLOCK_B), cdiv(H, BLOCK_N)): one forward step t. H_HOST: H when interpreting, else 0."""
     _fwd_step_tile(P, W, LEN, HPREV, HNEXT, Y, t, B, H, tl.program_id(0), tl.program_id(1),
-                   HAS_LEN, NONLIN, DOT_PREC, INTERP, BLOCK_B, BLOCK_N, BLOCK_K, "")
+                   HAS_LEN, NONLIN, DOT_PREC, INTERP, BLOCK_B, BLOCK_N, BLOCK_K, "", H_HOST)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -308,11 +320,11 @@ def elman_bwd_step_kernel(
     DY, Y, W, LEN, CPREV, CNEXT, DA,  # DY, Y, DA [T, B, H]; W [H, H]; LEN [B]; CPREV, CNEXT [B, H] fp32/fp64
     t, B, H,
     HAS_LEN: tl.constexpr, NONLIN: tl.constexpr, DOT_PREC: tl.constexpr, INTERP: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, H_HOST: tl.constexpr,
 ):
-    """Grid (cdiv(B, BLOCK_B), cdiv(H, BLOCK_N)): one backward step t."""
+    """Grid (cdiv(B, BLOCK_B), cdiv(H, BLOCK_N)): one backward step t. H_HOST: H when interpreting, else 0."""
     _bwd_step_tile(DY, Y, W, LEN, CPREV, CNEXT, DA, t, B, H, tl.program_id(0), tl.program_id(1),
-                   HAS_LEN, NONLIN, DOT_PREC, INTERP, BLOCK_B, BLOCK_N, BLOCK_K, "")
+                   HAS_LEN, NONLIN, DOT_PREC, INTERP, BLOCK_B, BLOCK_N, BLOCK_K, "", H_HOST)
 
 
 @triton.jit
@@ -351,7 +363,7 @@ def elman_fwd_coop_kernel(
         cur = (s % 2).to(tl.int64)
         # ping-pong: step s reads HBUF[s % 2] and writes HBUF[1 - s % 2]; one barrier per step is then enough
         _fwd_step_tile(P, W, LEN, HBUF + cur * B * H, HBUF + (1 - cur) * B * H, Y, t, B, H, pid_b, pid_n,
-                       HAS_LEN, NONLIN, DOT_PREC, INTERP, BLOCK_B, BLOCK_N, BLOCK_K, ".cg")
+                       HAS_LEN, NONLIN, DOT_PREC, INTERP, BLOCK_B, BLOCK_N, BLOCK_K, ".cg", 0)
         _grid_barrier(SYNC + pid_b, (s + 1) * N_TILES)
 
 
@@ -374,5 +386,5 @@ def elman_bwd_coop_kernel(
             t = T - 1 - s
         cur = (s % 2).to(tl.int64)
         _bwd_step_tile(DY, Y, W, LEN, CBUF + cur * B * H, CBUF + (1 - cur) * B * H, DA, t, B, H, pid_b, pid_n,
-                       HAS_LEN, NONLIN, DOT_PREC, INTERP, BLOCK_B, BLOCK_N, BLOCK_K, ".cg")
+                       HAS_LEN, NONLIN, DOT_PREC, INTERP, BLOCK_B, BLOCK_N, BLOCK_K, ".cg", 0)
         _grid_barrier(SYNC + pid_b, (s + 1) * N_TILES)
