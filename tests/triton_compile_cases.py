@@ -129,6 +129,9 @@ def variants(ptxas: bool = False) -> list[Variant]:
     out.append(Variant("elman_fwd_resident_kernel", "float32",
                        dict(HAS_LEN=True, REVERSE=False, NONLIN=0, DOT_PREC="ieee", INTERP=True, BLOCK_B=16,
                             BLOCK_H=32, T_HOST=5)))
+    out.append(Variant("elman_bwd_step_kernel", "bfloat16",
+                       dict(HAS_LEN=False, NONLIN=1, DOT_PREC="ieee", INTERP=True, BLOCK_B=16, BLOCK_N=16, BLOCK_K=16,
+                            H_HOST=20)))
     return out
 
 

@@ -5,8 +5,10 @@ Not collected by the normal run (no ``test_`` prefix): ``tests/test_triton.py`` 
 
     TRITON_INTERPRET=1 python -m pytest -q tests/triton_interp_cases.py
 
-fp32 / fp64 only: the interpreter's bf16 dot and casts are not the GPU's (docs: ENV.md), so low-precision numerics
-are checked by the GPU tests. Shapes are small (the interpreter runs ~0.1 s for T=64, B=16, H=64).
+fp32 / fp64 throughout, plus fp16 / bf16 parity on a few cases: the kernels work around the interpreter's wrong bf16
+dot and truncating bf16 casts behind the INTERP constexpr, so these check the low-precision rounding contract (h_t
+rounded every step, fp32 carry, dA rounded when stored), not the GPU's tensor-core numerics (the GPU tests do).
+Shapes are small (the interpreter runs ~0.1 s for T=64, B=16, H=64).
 """
 
 from __future__ import annotations
@@ -95,6 +97,37 @@ def test_backend_parity(tier: str, dtype: torch.dtype, T: int, B: int, H: int, r
     if d["L"] is not None:  # padded steps are exactly zero in Y and dA
         pad = torch.arange(T).unsqueeze(1) >= d["L"].unsqueeze(0)  # [T, B]
         assert torch.all(got[0][pad] == 0) and torch.all(got[2][pad] == 0)
+
+
+@pytest.mark.parametrize("tier", INTERP_TIERS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("reverse,nl", [(True, "tanh"), (False, "relu")], ids=["rev-tanh", "fwd-relu"])
+def test_backend_parity_low_precision(tier: str, dtype: torch.dtype, reverse: bool, nl: str) -> None:
+    """Tolerance rule: error vs the fp64 oracle <= 2 x the reference's own error in this dtype + a few eps."""
+    T, B, H = 9, 5, 24
+    d = _inputs(T, B, H, True, seed=21)
+    d["w"] = 0.8 * d["w"]  # spectral radius below 1: low-precision errors do not grow along T
+    oracle = _run(R, d, torch.float64, reverse, nl, "")
+    own = _run(R, d, dtype, reverse, nl, "")
+    got = _run(TB, d, dtype, reverse, nl, tier)
+    for name, a, r, o in zip(("Y", "h_n", "dA", "dh0"), got, own, oracle):
+        assert a.dtype == dtype
+        bound = 2 * _err(r, o) + 4 * torch.finfo(dtype).eps * max(1.0, o.abs().max().item())
+        assert _err(a, o) <= bound, f"{name}: err {_err(a, o):.3e} > bound {bound:.3e}"
+
+
+@pytest.mark.parametrize("tier", INTERP_TIERS)
+def test_bf16_rounds_to_nearest_even(tier: str) -> None:
+    """h_t is rounded (not truncated) to bf16: Y agrees with the reference's bf16 Y almost everywhere.
+
+    The fp32 values differ only by ~1 fp32 ulp (tanh formula, summation order), so a disagreement needs a value
+    within an ulp of a bf16 rounding boundary (~1e-4 of elements); truncation would disagree on about half.
+    """
+    d = _inputs(3, 8, 32, False, seed=17)
+    got = _run(TB, d, torch.bfloat16, False, "tanh", tier)[0]
+    ref = _run(R, d, torch.bfloat16, False, "tanh", "")[0]
+    mismatch = (got != ref).double().mean().item()
+    assert mismatch <= 0.02, f"{mismatch:.1%} of Y differs from round-to-nearest-even"
 
 
 def test_per_step_many_k_chunks() -> None:

@@ -21,7 +21,10 @@ exact in it), which keeps ~16 (bf16) / ~22 (fp16) significant bits of the fp32 o
 
 Interpreter (TRITON_INTERPRET=1) workarounds, all behind the ``INTERP`` constexpr so the GPU path is untouched:
 no tanh in the interpreter (1 - 2/(exp(2x)+1) instead); bf16/fp16 ``tl.dot`` is done on fp32-upcast operands
-(the interpreter's bf16 dot is wrong).
+(the interpreter's bf16 dot is wrong); fp32 -> bf16 rounds to nearest even by hand (the interpreter truncates);
+loop bounds come from host ints (``T_HOST``, ``H_HOST``: triton 3.6's interpreter hands scalars to ``range`` as
+1-element arrays, which NumPy >= 2.5 refuses). Under the interpreter fp16 / bf16 thus follow the same rounding
+contract as the reference (checked in tests/triton_interp_cases.py); the GPU path never sees these branches.
 """
 
 from __future__ import annotations
@@ -73,9 +76,15 @@ def _activation_grad(h, NONLIN: tl.constexpr):
 
 
 @triton.jit
-def _round(x, DT: tl.constexpr):
+def _round(x, DT: tl.constexpr, INTERP: tl.constexpr):
     """Round an fp32/fp64 block to the storage dtype DT (round to nearest even)."""
-    if DT == tl.float16 or DT == tl.bfloat16:
+    if DT == tl.bfloat16 and INTERP:
+        # the interpreter truncates fp32 -> bf16: round the fp32 bits to nearest even by hand, then the (now exact)
+        # cast; inf stays inf, NaN stays NaN, overflow rounds to inf as on the GPU
+        b = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        b = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) << 16
+        r = b.to(tl.float32, bitcast=True).to(DT)
+    elif DT == tl.float16 or DT == tl.bfloat16:
         r = x.to(DT, fp_downcast_rounding="rtne")
     else:
         r = x.to(DT)
@@ -154,7 +163,7 @@ def elman_fwd_resident_kernel(
         base = t.to(tl.int64) * B * H  # never B.to(...): triton passes B == 1 as a constexpr
         p = tl.load(P + base + offs, mask=m2, other=0.0).to(ACC)
         a = p + _dot_state(h, wt, ACC, DOT_PREC, INTERP)
-        h_new = _round(_activation(a, NONLIN, INTERP), DT)
+        h_new = _round(_activation(a, NONLIN, INTERP), DT, INTERP)
         if HAS_LEN:
             valid = (t < L)[:, None]
             tl.store(Y + base + offs, tl.where(valid, h_new, 0.0).to(DT), mask=m2)
@@ -202,12 +211,12 @@ def elman_bwd_resident_kernel(
         nxt = _dot_grad(da, w, DT, ACC, DOT_PREC, INTERP)
         if HAS_LEN:
             valid = (t < L)[:, None]
-            tl.store(DA + base + offs, _round(tl.where(valid, da, 0.0), DT), mask=m2)
+            tl.store(DA + base + offs, _round(tl.where(valid, da, 0.0), DT, INTERP), mask=m2)
             carry = tl.where(valid, nxt, carry)
         else:
-            tl.store(DA + base + offs, _round(da, DT), mask=m2)
+            tl.store(DA + base + offs, _round(da, DT, INTERP), mask=m2)
             carry = nxt
-    tl.store(DH0 + offs, _round(carry, DT), mask=m2)
+    tl.store(DH0 + offs, _round(carry, DT, INTERP), mask=m2)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -243,7 +252,7 @@ def _fwd_step_tile(
     offs = rb64[:, None] * H + rn[None, :]
     base = t.to(tl.int64) * B * H
     p = tl.load(P + base + offs, mask=m2, other=0.0).to(ACC)
-    h_new = _round(_activation(p + acc, NONLIN, INTERP), DT)
+    h_new = _round(_activation(p + acc, NONLIN, INTERP), DT, INTERP)
     if HAS_LEN:
         L = tl.load(LEN + rb, mask=mb, other=0)
         valid = (t < L)[:, None]
@@ -296,10 +305,10 @@ def _bwd_step_tile(
     if HAS_LEN:
         L = tl.load(LEN + rb, mask=mb, other=0)
         valid = (t < L)[:, None]
-        tl.store(DA + base + offs, _round(tl.where(valid, da, 0.0), DT), mask=m2)
+        tl.store(DA + base + offs, _round(tl.where(valid, da, 0.0), DT, INTERP), mask=m2)
         tl.store(CNEXT + offs, tl.where(valid, acc, c), mask=m2)
     else:
-        tl.store(DA + base + offs, _round(da, DT), mask=m2)
+        tl.store(DA + base + offs, _round(da, DT, INTERP), mask=m2)
         tl.store(CNEXT + offs, acc, mask=m2)
 
 
