@@ -42,8 +42,8 @@ except Exception as e:  # triton missing or broken: the backend reports itself u
 # Largest H the resident tier takes, per storage dtype (fp32 split by dot precision), sized from `ptxas -v` of these
 # kernels compiled for sm_90a by triton 3.8 (2026-11-27, this CPU machine, no GPU; the table is in
 # tests/test_triton_compile.py): the largest power of two at which forward AND backward launch (triton's shared
-# memory <= 227 KB) with no spill, except fp16/bf16 H=256 (~150-200 B of spill at 255 registers, kept: a one-launch
-# loop with a small spill should still beat a launch per step -- to be confirmed by the GPU bench).
+# memory <= 227 KB) with no spill, except TF32 H=128 (4 B) and fp16/bf16 H=256 (150-200 B at 255 registers), kept
+# because a one-launch loop with a small spill should still beat a launch per step -- to be confirmed by the GPU bench.
 #   fp32 IEEE H=128: forward spills 5.0 KB;  TF32 / fp32 H=256 and fp64 H=256: 272-672 KB of shared memory.
 RESIDENT_MAX_H: dict[str, int] = {
     "float32": 64,  # IEEE
