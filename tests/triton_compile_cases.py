@@ -113,7 +113,7 @@ def variants(ptxas: bool = False) -> list[Variant]:
             for kern in ("elman_fwd_coop_kernel", "elman_bwd_coop_kernel"):
                 for bn in (16, 128):
                     cx = dict(HAS_LEN=has_len, REVERSE=rev, NONLIN=nl, DOT_PREC=prec, INTERP=False, N_TILES=8,
-                              BLOCK_B=16, BLOCK_N=bn, BLOCK_K=64)
+                              BLOCK_B=16, BLOCK_N=bn, BLOCK_K=64, T_HOST=0, H_HOST=0)
                     out.append(Variant(kern, dtype, cx, cooperative=True))
                     has_len, rev, nl = not has_len, not rev, 1 - nl
     # triton passes an int argument equal to 1 as a constexpr: B = H = T = 1 must compile too (no `.to` on them)
@@ -124,7 +124,7 @@ def variants(ptxas: bool = False) -> list[Variant]:
         out.append(Variant(kern, "float32", dict(base, BLOCK_B=16, BLOCK_N=16, BLOCK_K=16, H_HOST=0, B=1, H=1)))
     for kern in ("elman_fwd_coop_kernel", "elman_bwd_coop_kernel"):
         out.append(Variant(kern, "float32", dict(base, REVERSE=False, N_TILES=1, BLOCK_B=16, BLOCK_N=16,
-                                                 BLOCK_K=16, T=1, B=1, H=1), cooperative=True))
+                                                 BLOCK_K=16, T_HOST=0, H_HOST=0, T=1, B=1, H=1), cooperative=True))
     # the interpreter branch compiled once for the GPU too (it is plain triton; the constexpr must not break it)
     out.append(Variant("elman_fwd_resident_kernel", "float32",
                        dict(HAS_LEN=True, REVERSE=False, NONLIN=0, DOT_PREC="ieee", INTERP=True, BLOCK_B=16,

@@ -159,6 +159,25 @@ def test_cooperative_is_unavailable_under_the_interpreter() -> None:
         TB.forward(d["P"], d["h0"], d["w"], None, False, "tanh", "cooperative", False)
 
 
+@pytest.mark.parametrize("reverse,nl,lengths,T", [(False, "tanh", True, 5), (True, "relu", True, 6),
+                                                  (True, "tanh", False, 1)], ids=["fwd-len-T5", "rev-len-T6", "rev-T1"])
+def test_cooperative_kernels_single_tile_per_batch_tile(reverse: bool, nl: str, lengths: bool, T: int) -> None:
+    """The cooperative kernels' ping-pong bookkeeping (HBUF/CBUF[T % 2], reverse order, lengths) on CPU.
+
+    With one hidden tile per batch tile (N_TILES=1) every program's barrier waits only on itself, so the
+    interpreter's one-program-after-another execution cannot hang; the tier itself stays unavailable here.
+    B=20: two batch tiles, each with its own barrier counter. T odd and even: both ping-pong parities end h_n / dh0.
+    """
+    B, H = 20, 12
+    d = _inputs(T, B, H, lengths, seed=31 + T)
+    oracle = _run(R, d, torch.float64, reverse, nl, "")
+    blocks = (16, 1)  # BLOCK_N >= H: one hidden tile
+    Y, hn = TB._elman_fwd(d["P"], d["h0"], d["w"], d["L"], reverse, nl, "cooperative", False, False, blocks)
+    dA, dh0 = TB._elman_bwd(d["dY"], d["dhn"], Y, d["w"], d["L"], reverse, nl, "cooperative", False, False, blocks)
+    for name, a, b in zip(("Y", "h_n", "dA", "dh0"), (Y, hn, dA, dh0), oracle):
+        assert _err(a, b) <= 1e-12, f"{name}: {_err(a, b):.3e}"
+
+
 def test_available_on_cpu_under_interpreter() -> None:
     assert TB.available() == (True, "")
     assert TB.supports_device(torch.device("cpu"))

@@ -238,11 +238,18 @@ def elman_fwd(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], re
 
 
 def _elman_fwd(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], reverse: bool,  # noqa: UP045
-               nonlinearity: str, tier: str, allow_tf32: bool, use_wrap: bool) -> tuple[Tensor, Tensor]:
-    """elman_fwd for checked, contiguous, non-empty inputs and a resolved tier, on the current device."""
+               nonlinearity: str, tier: str, allow_tf32: bool, use_wrap: bool,
+               coop_blocks: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """elman_fwd for checked, contiguous, non-empty inputs and a resolved tier, on the current device.
+
+    coop_blocks: (BLOCK_N, N_TILES) instead of ``_coop_blocks`` -- for the interpreter test with N_TILES=1 only.
+    """
     T, B, H = P.shape
     # loop bounds as host ints for triton 3.6's interpreter (kernel docstrings); constant 0 when compiled
     t_host, h_host = (T, H) if K.INTERPRET else (0, 0)
+    # co-residency is the driver's guarantee under a cooperative launch (never emulated: the interpreter runs it only
+    # with one program per batch tile, see the coop kernels)
+    coop = {} if K.INTERPRET else {"launch_cooperative_grid": True}
     Y = torch.empty_like(P)
     has_len = lengths is not None
     LEN = lengths if has_len else h0  # never read when HAS_LEN is False
@@ -257,14 +264,14 @@ def _elman_fwd(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], r
             num_warps=resident_num_warps(bh), **common)
         return Y, h_n
     if tier == "cooperative":
-        bn, nt = _coop_blocks(H, B, P.device)
+        bn, nt = coop_blocks or _coop_blocks(H, B, P.device)
         hbuf = torch.empty((2, B, H), dtype=P.dtype, device=P.device)
         hbuf[0].copy_(h0)
         sync = torch.zeros(triton.cdiv(B, COOP_BLOCK_B), dtype=torch.int32, device=P.device)
         grid = (triton.cdiv(B, COOP_BLOCK_B) * nt,)
         _launcher(K.elman_fwd_coop_kernel, use_wrap)[grid](
             P, w_hh, LEN, hbuf, Y, sync, T, B, H, REVERSE=reverse, N_TILES=nt, BLOCK_B=COOP_BLOCK_B, BLOCK_N=bn,
-            BLOCK_K=min(64, max(16, _next_pow2(H))), num_warps=4, launch_cooperative_grid=True, **common)
+            BLOCK_K=min(64, max(16, _next_pow2(H))), T_HOST=t_host, H_HOST=h_host, num_warps=4, **coop, **common)
         return Y, hbuf[T % 2].clone()
     # per_step: ping-pong state buffers, one launch per step
     bb, bn, bk = _step_blocks(B, H)
@@ -298,11 +305,17 @@ def elman_bwd(dY: Tensor, dh_n: Tensor, Y: Tensor, w_hh: Tensor, lengths: Option
 
 def _elman_bwd(dY: Tensor, dh_n: Tensor, Y: Tensor, w_hh: Tensor, lengths: Optional[Tensor],  # noqa: UP045
                reverse: bool, nonlinearity: str, tier: str, allow_tf32: bool,
-               use_wrap: bool) -> tuple[Tensor, Tensor]:
-    """elman_bwd for checked, contiguous, non-empty inputs and a resolved tier, on the current device."""
+               use_wrap: bool, coop_blocks: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """elman_bwd for checked, contiguous, non-empty inputs and a resolved tier, on the current device.
+
+    coop_blocks: as in ``_elman_fwd``.
+    """
     T, B, H = Y.shape
     # loop bounds as host ints for triton 3.6's interpreter (kernel docstrings); constant 0 when compiled
     t_host, h_host = (T, H) if K.INTERPRET else (0, 0)
+    # co-residency is the driver's guarantee under a cooperative launch (never emulated: the interpreter runs it only
+    # with one program per batch tile, see the coop kernels)
+    coop = {} if K.INTERPRET else {"launch_cooperative_grid": True}
     dA = torch.empty_like(Y)
     acc = torch.float64 if Y.dtype == torch.float64 else torch.float32
     has_len = lengths is not None
@@ -318,14 +331,14 @@ def _elman_bwd(dY: Tensor, dh_n: Tensor, Y: Tensor, w_hh: Tensor, lengths: Optio
             T_HOST=t_host, num_warps=resident_num_warps(bh), **common)
         return dA, dh0
     if tier == "cooperative":
-        bn, nt = _coop_blocks(H, B, Y.device)
+        bn, nt = coop_blocks or _coop_blocks(H, B, Y.device)
         cbuf = torch.empty((2, B, H), dtype=acc, device=Y.device)
         cbuf[0].copy_(dh_n)
         sync = torch.zeros(triton.cdiv(B, COOP_BLOCK_B), dtype=torch.int32, device=Y.device)
         grid = (triton.cdiv(B, COOP_BLOCK_B) * nt,)
         _launcher(K.elman_bwd_coop_kernel, use_wrap)[grid](
             dY, Y, w_hh, LEN, cbuf, dA, sync, T, B, H, REVERSE=reverse, N_TILES=nt, BLOCK_B=COOP_BLOCK_B,
-            BLOCK_N=bn, BLOCK_K=min(64, max(16, _next_pow2(H))), num_warps=4, launch_cooperative_grid=True,
+            BLOCK_N=bn, BLOCK_K=min(64, max(16, _next_pow2(H))), T_HOST=t_host, H_HOST=h_host, num_warps=4, **coop,
             **common)
         return dA, cbuf[T % 2].to(Y.dtype)
     bb, bn, bk = _step_blocks(B, H)

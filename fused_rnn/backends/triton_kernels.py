@@ -358,21 +358,26 @@ def elman_fwd_coop_kernel(
     T, B, H,
     HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, NONLIN: tl.constexpr, DOT_PREC: tl.constexpr,
     INTERP: tl.constexpr, N_TILES: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, T_HOST: tl.constexpr, H_HOST: tl.constexpr,
 ):
-    """Grid (cdiv(B, BLOCK_B) * N_TILES,), cooperative launch only. h_n ends in HBUF[T % 2]."""
+    """Grid (cdiv(B, BLOCK_B) * N_TILES,), cooperative launch only. h_n ends in HBUF[T % 2].
+
+    (The interpreter can run it only with N_TILES=1, where each program's barrier waits on itself alone: that is how
+    tests/triton_interp_cases.py checks the ping-pong bookkeeping on CPU.)
+    """
     pid = tl.program_id(0)
     pid_b = pid // N_TILES
     pid_n = pid % N_TILES
-    for s in range(T):
+    for s in range(T_HOST if INTERP else T):  # T_HOST, H_HOST: see the resident kernels
         if REVERSE:
             t = T - 1 - s
         else:
             t = s
-        cur = (s % 2).to(tl.int64)
+        cur = s % 2  # (an assignment: the interpreter makes it a tensor even when s is a host int)
+        cur = cur.to(tl.int64)
         # ping-pong: step s reads HBUF[s % 2] and writes HBUF[1 - s % 2]; one barrier per step is then enough
         _fwd_step_tile(P, W, LEN, HBUF + cur * B * H, HBUF + (1 - cur) * B * H, Y, t, B, H, pid_b, pid_n,
-                       HAS_LEN, NONLIN, DOT_PREC, INTERP, BLOCK_B, BLOCK_N, BLOCK_K, ".cg", 0)
+                       HAS_LEN, NONLIN, DOT_PREC, INTERP, BLOCK_B, BLOCK_N, BLOCK_K, ".cg", H_HOST)
         _grid_barrier(SYNC + pid_b, (s + 1) * N_TILES)
 
 
@@ -382,18 +387,19 @@ def elman_bwd_coop_kernel(
     T, B, H,
     HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, NONLIN: tl.constexpr, DOT_PREC: tl.constexpr,
     INTERP: tl.constexpr, N_TILES: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, T_HOST: tl.constexpr, H_HOST: tl.constexpr,
 ):
     """Grid (cdiv(B, BLOCK_B) * N_TILES,), cooperative launch only. dh0 (in ACC) ends in CBUF[T % 2]."""
     pid = tl.program_id(0)
     pid_b = pid // N_TILES
     pid_n = pid % N_TILES
-    for s in range(T):
+    for s in range(T_HOST if INTERP else T):  # T_HOST, H_HOST: see the resident kernels
         if REVERSE:
             t = s
         else:
             t = T - 1 - s
-        cur = (s % 2).to(tl.int64)
+        cur = s % 2  # (an assignment: the interpreter makes it a tensor even when s is a host int)
+        cur = cur.to(tl.int64)
         _bwd_step_tile(DY, Y, W, LEN, CBUF + cur * B * H, CBUF + (1 - cur) * B * H, DA, t, B, H, pid_b, pid_n,
-                       HAS_LEN, NONLIN, DOT_PREC, INTERP, BLOCK_B, BLOCK_N, BLOCK_K, ".cg", 0)
+                       HAS_LEN, NONLIN, DOT_PREC, INTERP, BLOCK_B, BLOCK_N, BLOCK_K, ".cg", H_HOST)
         _grid_barrier(SYNC + pid_b, (s + 1) * N_TILES)
