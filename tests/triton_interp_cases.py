@@ -272,6 +272,25 @@ def test_module_vs_torch_nn_rnn(tier: str, dtype: torch.dtype, case: tuple, monk
         assert _err(a, o) <= bound, f"tensor {i}: err {_err(a, o):.3e} > bound {bound:.3e}"
 
 
+def test_ops_are_opaque_under_torch_compile() -> None:
+    """torch.compile(fullgraph=True, dynamic=True) traces the ops through their fake implementations and runs them.
+
+    (Through the module this also needs select.py's backend lookup to be traceable -- see the triton report.)
+    """
+    def f(P, h0, w, L):
+        Y, hn = torch.ops.fused_rnn_triton.elman_fwd(P, h0, w, L, True, "tanh", "resident", False)
+        dA, dh0 = torch.ops.fused_rnn_triton.elman_bwd(torch.ones_like(Y), hn, Y, w, L, True, "tanh", "resident",
+                                                       False)
+        return Y * 2, hn, dA, dh0
+
+    cf = torch.compile(f, fullgraph=True, dynamic=True, backend="aot_eager")
+    for T, B in ((5, 3), (7, 4)):  # a second shape: no shape baked into the trace
+        d = _inputs(T, B, 8, True, seed=T)
+        args = (d["P"], d["h0"], d["w"], d["L"])
+        for a, b in zip(cf(*args), f(*args)):
+            assert a.shape == b.shape and _err(a, b) <= 1e-12
+
+
 def test_opcheck_ops() -> None:
     """Schema, fake implementation and dispatch of the registered ops (non-grad inputs; ENV.md)."""
     d = _inputs(3, 2, 5, True, seed=4)
