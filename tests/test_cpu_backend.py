@@ -43,17 +43,26 @@ ISAS = _isas()
 
 @contextlib.contextmanager
 def forced_isa(name: str) -> Iterator[str]:
-    """Run with one kernel set forced, then restore the automatic choice."""
-    torch.ops.fused_rnn.cpu_isa(name)
+    """Run with one kernel path forced -- an instruction set of the own loops ("generic", "avx2"), or "blas" (the
+    per-step BLAS path, normally taken from B = 32, forced for every B) -- then restore the automatic choice."""
+    if name == "blas":
+        torch.ops.fused_rnn.cpu_blas_min_batch(1)
+    else:
+        torch.ops.fused_rnn.cpu_isa(name)
+        torch.ops.fused_rnn.cpu_blas_min_batch(2**62)
     try:
         yield name
     finally:
         torch.ops.fused_rnn.cpu_isa("auto")
+        torch.ops.fused_rnn.cpu_blas_min_batch(0)
 
 
-@pytest.fixture(params=ISAS)
+PATHS = ISAS + ["blas"]
+
+
+@pytest.fixture(params=PATHS)
 def isa(request) -> Iterator[str]:
-    """Parametrizes a test over every kernel set this CPU can run."""
+    """Parametrizes a test over every kernel path this CPU can run."""
     with forced_isa(request.param) as name:
         yield name
 
@@ -88,15 +97,15 @@ def test_extension_is_built() -> None:
 
 
 def _contract_cases() -> list:
-    """The full T x B x H matrix on the kernels this CPU picks by default; a cross-section on the generic kernels
-    when they are not the default (same source, other vector width: their tails and tiles differ)."""
+    """The full T x B x H matrix on the own loops with the instruction set this CPU picks; a cross-section on the
+    other paths (generic kernels: same source, other vector width, so other tiles and tails; per-step BLAS)."""
     best = ISAS[-1]
     cases = []
     for T, B, H in itertools.product((1, 7, 63), (1, 3, 5, 18), (1, 17, 100)):
         for lk in ("none", "mixed") if B > 1 else ("none", "full"):
             isas = [best]
-            if best != "generic" and (T == 7 or (T == 63 and lk == "mixed")):
-                isas.append("generic")
+            if T == 7 or (T == 63 and lk == "mixed"):
+                isas += [p for p in PATHS if p != best]
             cases += [pytest.param(i, T, B, H, lk, id=f"{i}-T{T}-B{B}-H{H}-{lk}") for i in isas]
     return cases
 

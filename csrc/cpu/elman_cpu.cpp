@@ -10,12 +10,16 @@
 // at every step (as the reference does), the backward carries its gradient in fp32 and rounds dA only when storing.
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include "../fused_rnn.h"
@@ -63,6 +67,24 @@ std::string cpu_isa_op(const std::string& request) {
   return k->name;
 }
 
+// ---- own loops vs per-step BLAS --------------------------------------------------------------------------------
+// From this batch size on, each step is one BLAS GEMM into the step's output slice (MKL/oneDNN block W for the
+// cache and use both cores on it); below it, our own register-blocked loops run each batch row through all T with
+// no per-step dispatcher call or thread synchronisation. Default: see kDefaultBlasMinBatch's measurement note.
+constexpr int64_t kDefaultBlasMinBatch = 32;
+std::atomic<int64_t>& blas_min_batch() {
+  static std::atomic<int64_t> v{kDefaultBlasMinBatch};
+  return v;
+}
+
+// Test/benchmark hook: n > 0 sets the smallest batch that takes the per-step BLAS path (1 = always, a huge value =
+// never), n = 0 restores the default; returns the value in force afterwards (n < 0 only reads it).
+int64_t cpu_blas_min_batch_op(int64_t n) {
+  if (n == 0) blas_min_batch().store(kDefaultBlasMinBatch);
+  if (n > 0) blas_min_batch().store(n);
+  return blas_min_batch().load();
+}
+
 // ---- shared helpers --------------------------------------------------------------------------------------------
 at::ScalarType compute_type(at::ScalarType st) { return st == at::kDouble ? at::kDouble : at::kFloat; }
 
@@ -107,6 +129,96 @@ void for_row_blocks(int64_t T_, int64_t B, int64_t H, const Fn& fn) {
   });
 }
 
+// ---- per-step BLAS path (large B) ------------------------------------------------------------------------------
+// Row masks per step come from lengths exactly as in the own loops: row b is valid at t iff t < L_b.
+template <typename T>
+void act_rows_parallel(const KernelTable& K, T* a, int64_t B, int64_t H, int act) {
+  // tanh over B·H values per step: two threads from ~16k values on (a hand-off costs ~10 µs).
+  at::parallel_for(0, B, std::max<int64_t>(1, 16384 / H), [&](int64_t b0, int64_t b1) {
+    if constexpr (std::is_same_v<T, float>) {
+      K.act_f32(a + b0 * H, (b1 - b0) * H, act);
+    } else {
+      K.act_f64(a + b0 * H, (b1 - b0) * H, act);
+    }
+  });
+}
+
+// Forward: S [B,H] state (starts at h0), A [B,H] pre-activation scratch; per step A = P_t + S @ Wt (one GEMM),
+// A = f(A) (rounded for fp16/bf16), valid rows copied to Y_t and S.
+template <typename T>
+void fwd_blas(const KernelTable& K, const at::Tensor& Pc, const at::Tensor& h0c, const at::Tensor& Wt, const int64_t* lp,
+              at::Tensor& Y, at::Tensor& h_n, bool reverse, int act, Round rm) {
+  const int64_t T_ = Pc.size(0), B = Pc.size(1), H = Pc.size(2);
+  at::Tensor S = h0c.clone();
+  at::Tensor A = at::empty({B, H}, Pc.options());
+  T* Sp = S.mutable_data_ptr<T>();
+  T* Ap = A.mutable_data_ptr<T>();
+  T* Yp = Y.mutable_data_ptr<T>();
+  for (int64_t s = 0; s < T_; ++s) {
+    const int64_t t = reverse ? T_ - 1 - s : s;
+    at::addmm_out(A, Pc[t], S, Wt);
+    act_rows_parallel<T>(K, Ap, B, H, act);
+    for (int64_t b = 0; b < B; ++b) {
+      if (lp != nullptr && t >= lp[b]) continue;
+      T* ab = Ap + b * H;
+      if constexpr (std::is_same_v<T, float>) {
+        if (rm == Round::Half) {
+          for (int64_t j = 0; j < H; ++j) ab[j] = static_cast<float>(c10::Half(ab[j]));
+        } else if (rm == Round::BFloat16) {
+          for (int64_t j = 0; j < H; ++j) ab[j] = static_cast<float>(c10::BFloat16(ab[j]));
+        }
+      }
+      std::memcpy(Yp + (t * B + b) * H, ab, H * sizeof(T));
+      std::memcpy(Sp + b * H, ab, H * sizeof(T));
+    }
+  }
+  h_n.copy_(S);
+}
+
+// Backward: Cr [B,H] carry (starts at dh_n), D [B,H] this step's dA (0 in rows not valid), Tm [B,H] = D @ W.
+template <typename T>
+void bwd_blas(const at::Tensor& dYc, const at::Tensor& dhc, const at::Tensor& Yc, const at::Tensor& W,
+              const int64_t* lp, at::Tensor& dA, at::Tensor& dh0, bool reverse, int act) {
+  const int64_t T_ = Yc.size(0), B = Yc.size(1), H = Yc.size(2);
+  at::Tensor Cr = dhc.clone();
+  at::Tensor D = at::empty({B, H}, Yc.options());
+  at::Tensor Tm = at::empty({B, H}, Yc.options());
+  T* Cp = Cr.mutable_data_ptr<T>();
+  T* Dp = D.mutable_data_ptr<T>();
+  const T* Tp = Tm.const_data_ptr<T>();
+  const T* dYp = dYc.const_data_ptr<T>();
+  const T* Yp = Yc.const_data_ptr<T>();
+  T* dAp = dA.mutable_data_ptr<T>();
+  for (int64_t s = 0; s < T_; ++s) {
+    const int64_t t = reverse ? s : T_ - 1 - s;
+    at::parallel_for(0, B, std::max<int64_t>(1, 16384 / H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        T* db = Dp + b * H;
+        if (lp != nullptr && t >= lp[b]) {
+          std::fill(db, db + H, T(0));
+          continue;
+        }
+        const int64_t off = (t * B + b) * H;
+        const T* cb = Cp + b * H;
+        const T* yb = Yp + off;
+        const T* gb = dYp + off;
+        if (act == 0) {
+          for (int64_t j = 0; j < H; ++j) db[j] = (T(1) - yb[j] * yb[j]) * (gb[j] + cb[j]);
+        } else {
+          for (int64_t j = 0; j < H; ++j) db[j] = (yb[j] > T(0) ? T(1) : T(0)) * (gb[j] + cb[j]);
+        }
+        std::memcpy(dAp + off, db, H * sizeof(T));
+      }
+    });
+    at::mm_out(Tm, D, W);
+    for (int64_t b = 0; b < B; ++b) {
+      if (lp != nullptr && t >= lp[b]) continue;
+      std::memcpy(Cp + b * H, Tp + b * H, H * sizeof(T));
+    }
+  }
+  dh0.copy_(Cr);
+}
+
 // ---- forward ---------------------------------------------------------------------------------------------------
 std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::Tensor& h0, const at::Tensor& w_hh,
                                                  const c10::optional<at::Tensor>& lengths, bool reverse,
@@ -131,8 +243,13 @@ std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::
   const KernelTable& K = *active_kernels().load();
   const int64_t* lp = L.has_value() ? L->const_data_ptr<int64_t>() : nullptr;
   const Round rm = round_mode(st);
+  const bool blas = B >= blas_min_batch().load();
 
-  if (ct == at::kFloat) {
+  if (blas && ct == at::kFloat) {
+    fwd_blas<float>(K, Pc, h0c, Wt, lp, Y, h_n, reverse, act, rm);
+  } else if (blas) {
+    fwd_blas<double>(K, Pc, h0c, Wt, lp, Y, h_n, reverse, act, rm);
+  } else if (ct == at::kFloat) {
     FwdArgs<float> A{Pc.const_data_ptr<float>(), h0c.const_data_ptr<float>(), Wt.const_data_ptr<float>(), lp,
                      Y.mutable_data_ptr<float>(), h_n.mutable_data_ptr<float>(), T_, B, H, reverse, act, rm};
     for_row_blocks<float>(T_, B, H, [&](int64_t b0, int64_t b1, float* s) { K.fwd_f32(A, b0, b1, s); });
@@ -171,8 +288,13 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
   at::Tensor dh0 = at::empty({B, H}, Yc.options());
   const KernelTable& K = *active_kernels().load();
   const int64_t* lp = L.has_value() ? L->const_data_ptr<int64_t>() : nullptr;
+  const bool blas = B >= blas_min_batch().load();
 
-  if (ct == at::kFloat) {
+  if (blas && ct == at::kFloat) {
+    bwd_blas<float>(dYc, dhc, Yc, W, lp, dA, dh0, reverse, act);
+  } else if (blas) {
+    bwd_blas<double>(dYc, dhc, Yc, W, lp, dA, dh0, reverse, act);
+  } else if (ct == at::kFloat) {
     BwdArgs<float> A{dYc.const_data_ptr<float>(), dhc.const_data_ptr<float>(), Yc.const_data_ptr<float>(),
                      W.const_data_ptr<float>(), lp, dA.mutable_data_ptr<float>(), dh0.mutable_data_ptr<float>(),
                      T_, B, H, reverse, act};
@@ -192,6 +314,7 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
 
 TORCH_LIBRARY_FRAGMENT(fused_rnn, m) {
   m.def("cpu_isa(str request='') -> str", &cpu::cpu_isa_op);
+  m.def("cpu_blas_min_batch(int n=-1) -> int", &cpu::cpu_blas_min_batch_op);
 }
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
