@@ -44,7 +44,7 @@ ISAS = _isas()
 @contextlib.contextmanager
 def forced_isa(name: str) -> Iterator[str]:
     """Run with one kernel path forced -- an instruction set of the own loops ("generic", "avx2"), or "blas" (the
-    per-step BLAS path, by default only for B >= 32 and H >= 384, forced for every B) -- then restore the automatic choice."""
+    per-step BLAS path, by default only for B >= 32 and H >= 384, here for every B) -- then restore the default."""
     if name == "blas":
         torch.ops.fused_rnn.cpu_blas_min_batch(1)
     else:
