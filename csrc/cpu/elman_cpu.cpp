@@ -133,8 +133,12 @@ void for_row_blocks(int64_t T_, int64_t B, int64_t H, const Fn& fn) {
   const int64_t nblocks = (B + kRowBlock - 1) / kRowBlock;
   // Below ~2e5 multiply-adds per block a thread hand-off (~10-20 µs) costs more than it saves.
   const int64_t work = T_ * H * H * std::min<int64_t>(B, kRowBlock);
-  const int64_t grain = work < 200000 ? nblocks : 1;
-  at::parallel_for(0, nblocks, grain, [&](int64_t s, int64_t e) {
+  if (nblocks == 1 || work < 200000) {  // inline: not even a one-thread parallel region
+    std::vector<T> scratch(scratch_elems(H));
+    fn(0, B, scratch.data());
+    return;
+  }
+  at::parallel_for(0, nblocks, 1, [&](int64_t s, int64_t e) {
     std::vector<T> scratch(scratch_elems(H));
     fn(s * kRowBlock, std::min(e * kRowBlock, B), scratch.data());
   });
