@@ -70,10 +70,14 @@ std::string cpu_isa_op(const std::string& request) {
 // ---- own loops vs per-step BLAS --------------------------------------------------------------------------------
 // Large B·H: each step is one BLAS GEMM into a [B,H] slice (MKL blocks W for the cache and splits the GEMM over the
 // threads). Otherwise our own register-blocked loops run each batch row through all T with no per-step dispatcher
-// call and no per-step thread synchronisation. Measured 2026-11-27 on this 2-core AMD EPYC (AVX2), fp32 forward
-// op, best of 15, 1 thread: T=128 B=64 H=512 own 174 ms vs BLAS 112 ms; T=128 B=32 H=256 15 vs 16 ms; T=256 B=16
-// H=256 16 vs 13 ms; T=256 B=8 H=256 8.6 vs 8.5 ms. With 2 threads on the shared, overloaded machine (load
-// average > 100) the per-step barriers made BLAS 2-6x slower at every size, so ties go to the own loops.
+// call and no per-step thread synchronisation. Measured 2026-11-27 on this 2-core AMD EPYC (AVX2), fp32 op alone,
+// best of 15, 2 threads, load average ~4 -- own vs BLAS, forward / backward ms:
+//   T=128 B=64 H=512: 45.7 / 82.7 vs 32.6 / 29.6   (W_hh = 1 MB: streamed per 4-row block, BLAS blocks it)
+//   T=128 B=32 H=256:  4.4 /  3.6 vs  6.0 /  5.4
+//   T=256 B=16 H=256:  6.9 /  6.4 vs  8.2 /  6.9
+//   T=256 B=8  H=256:  3.5 /  1.7 vs  4.5 /  3.9
+// Under heavy load (load average > 100) the per-step barriers made BLAS 2-6x slower at every size, so ties go to
+// the own loops.
 constexpr int64_t kBlasMinBatch = 32;
 constexpr int64_t kBlasMinHidden = 384;
 
