@@ -1,6 +1,10 @@
 """The C++ CPU backend: ``fused_rnn::elman_fwd`` / ``elman_bwd`` registered for the CPU dispatch key (csrc/cpu/).
 
 fp32 and fp64 natively; fp16 and bf16 are upcast inside the op (same numerics contract as the reference).
+Inside the op (csrc/cpu/elman_cpu.cpp): our own register-blocked loops, each batch row run through all T steps
+with no per-step synchronisation (generic and AVX2+FMA builds, chosen by cpuid at run time), or, for B >= 32 and
+H >= 384, one BLAS GEMM per step. Test/benchmark hooks: ``torch.ops.fused_rnn.cpu_isa("generic" | "avx2" | "auto")``
+and ``torch.ops.fused_rnn.cpu_blas_min_batch(n)`` (n > 0 forces BLAS for B >= n, 0 restores the default).
 """
 
 from __future__ import annotations

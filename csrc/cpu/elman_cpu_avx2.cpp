@@ -1,0 +1,35 @@
+// The CPU recurrence kernels for AVX2 + FMA CPUs (32-byte vectors), compiled with a target pragma so the rest of the
+// extension stays baseline x86-64; elman_cpu.cpp calls these only when cpuid reports AVX2 and FMA.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "elman_cpu.h"
+
+#if defined(FUSED_RNN_CPU_AVX2)
+// Every header is included above: only the kernels below are compiled for AVX2 + FMA.
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+// No FMA contraction (g++ contracts by default in C++ even in ISO mode): see elman_cpu_kernels.inc, "Numerics".
+#pragma GCC optimize("fp-contract=off")
+#define FUSED_RNN_ISA avx2
+#define FUSED_RNN_VBYTES 32
+#include "elman_cpu_kernels.inc"
+
+#pragma GCC pop_options
+
+namespace fused_rnn {
+namespace cpu {
+const KernelTable& avx2_kernels() {
+  static const KernelTable table{"avx2", avx2::fwd_f32, avx2::fwd_f64, avx2::bwd_f32,
+                                 avx2::bwd_f64, avx2::act_f32, avx2::act_f64};
+  return table;
+}
+}  // namespace cpu
+}  // namespace fused_rnn
+#endif  // FUSED_RNN_CPU_AVX2

@@ -1,0 +1,371 @@
+"""The C++ CPU backend (csrc/cpu/) against the reference backend, the oracle of the backend contract.
+
+Shapes: T time, B batch, H hidden. Contract checks call the backend functions directly (fused_rnn.backends.cpu),
+gradients go through fused_rnn.recurrence.ElmanRecurrence, and every kernel set this CPU can run (generic and AVX2)
+is tested. fp32/fp64 are compared tightly with the reference; fp16/bf16 by DESIGN.md's tolerance rule (error vs an
+fp64 oracle <= 2 x the reference's own error in that dtype, plus a small floor).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+import fused_rnn
+from fused_rnn.backends import cpu as cpu_backend
+from fused_rnn.backends import reference
+from fused_rnn.recurrence import ElmanRecurrence
+
+Tensor = torch.Tensor
+
+
+def _isas() -> list[str]:
+    """Kernel sets this CPU and build can run (generic always; avx2 where cpuid has AVX2+FMA)."""
+    if "cpu" not in fused_rnn.available_backends():
+        return ["generic"]  # test_extension_is_built reports the real problem
+    out = ["generic"]
+    try:
+        torch.ops.fused_rnn.cpu_isa("avx2")
+        out.append("avx2")
+    except RuntimeError:
+        pass
+    finally:
+        torch.ops.fused_rnn.cpu_isa("auto")
+    return out
+
+
+ISAS = _isas()
+
+
+@contextlib.contextmanager
+def forced_isa(name: str) -> Iterator[str]:
+    """Run with one kernel path forced -- an instruction set of the own loops ("generic", "avx2"), or "blas" (the
+    per-step BLAS path, by default only for B >= 32 and H >= 384, here for every B) -- then restore the default."""
+    if name == "blas":
+        torch.ops.fused_rnn.cpu_blas_min_batch(1)
+    else:
+        torch.ops.fused_rnn.cpu_isa(name)
+        torch.ops.fused_rnn.cpu_blas_min_batch(2**62)
+    try:
+        yield name
+    finally:
+        torch.ops.fused_rnn.cpu_isa("auto")
+        torch.ops.fused_rnn.cpu_blas_min_batch(0)
+
+
+PATHS = ISAS + ["blas"]
+
+
+@pytest.fixture(params=PATHS)
+def isa(request) -> Iterator[str]:
+    """Parametrizes a test over every kernel path this CPU can run."""
+    with forced_isa(request.param) as name:
+        yield name
+
+
+def _inputs(T: int, B: int, H: int, dtype: torch.dtype, lengths_kind: str, seed: int = 0):
+    """Random P [T,B,H], h0 [B,H] (non-zero), w_hh [H,H] (spectral radius ~0.9), lengths [B] | None, dY, dh_n."""
+    g = torch.Generator().manual_seed(seed)
+    P = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    h0 = 0.5 * torch.randn(B, H, generator=g, dtype=torch.float64)
+    w = 0.9 * torch.randn(H, H, generator=g, dtype=torch.float64) / H**0.5
+    dY = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    dh = torch.randn(B, H, generator=g, dtype=torch.float64)
+    if lengths_kind == "none":
+        L = None
+    elif lengths_kind == "full":
+        L = torch.full((B,), T, dtype=torch.int64)
+    else:  # "mixed": every value in [1, T], the longest not necessarily T
+        L = torch.randint(1, T + 1, (B,), generator=g, dtype=torch.int64)
+    return P.to(dtype), h0.to(dtype), w.to(dtype), L, dY.to(dtype), dh.to(dtype)
+
+
+def _assert_close(name: str, got: Tensor, want: Tensor, tol: float) -> None:
+    """|got - want| <= tol * max(1, max|want|), NaN/inf in the same places; logs the error judged."""
+    assert got.shape == want.shape and got.dtype == want.dtype, f"{name}: {got.shape}/{got.dtype} vs {want.shape}"
+    scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
+    torch.testing.assert_close(got, want, atol=tol * scale, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+def test_extension_is_built() -> None:
+    """CI builds the extension: a missing build must fail here, not be skipped."""
+    assert "cpu" in fused_rnn.available_backends(), cpu_backend.available()[1]
+
+
+def _contract_cases() -> list:
+    """The full T x B x H matrix on the own loops with the instruction set this CPU picks; a cross-section on the
+    other paths (generic kernels: same source, other vector width, so other tiles and tails; per-step BLAS)."""
+    best = ISAS[-1]
+    cases = []
+    for T, B, H in itertools.product((1, 7, 63), (1, 3, 5, 18), (1, 17, 100)):
+        for lk in ("none", "mixed") if B > 1 else ("none", "full"):
+            isas = [best]
+            if T == 7 or (T == 63 and lk == "mixed" and H == 100):
+                isas += [p for p in PATHS if p != best]
+            cases += [pytest.param(i, T, B, H, lk, id=f"{i}-T{T}-B{B}-H{H}-{lk}") for i in isas]
+    return cases
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("isa_name,T,B,H,lengths_kind", _contract_cases())
+def test_contract_vs_reference(isa_name: str, T: int, B: int, H: int, lengths_kind: str,
+                               dtype: torch.dtype) -> None:
+    with forced_isa(isa_name) as isa:
+        _check_contract(isa, T, B, H, lengths_kind, dtype)
+
+
+def _check_contract(isa: str, T: int, B: int, H: int, lengths_kind: str, dtype: torch.dtype) -> None:
+    # reverse x nonlinearity: two of the four per case, alternating, so the matrix meets all four at half the cost.
+    tol = 2e-5 if dtype == torch.float32 else 1e-12
+    combos = ((False, "tanh"), (True, "relu")) if (T + B + H) % 2 else ((True, "tanh"), (False, "relu"))
+    for reverse, act in combos:
+        P, h0, w, L, dY, dh = _inputs(T, B, H, dtype, lengths_kind, seed=T * 1000 + B * 10 + H)
+        Y_ref, hn_ref = reference.forward(P, h0, w, L, reverse, act)
+        Y, hn = cpu_backend.forward(P, h0, w, L, reverse, act)
+        tag = f"{isa} rev={reverse} {act}"
+        _assert_close(f"Y {tag}", Y, Y_ref, tol)
+        _assert_close(f"h_n {tag}", hn, hn_ref, tol)
+        if L is not None:  # padded steps are exactly zero
+            pad = torch.arange(T).unsqueeze(1) >= L.unsqueeze(0)  # [T, B]
+            assert torch.equal(Y[pad], torch.zeros_like(Y[pad]))
+        dA_ref, dh0_ref = reference.backward(dY, dh, Y_ref, w, L, reverse, act)
+        dA, dh0 = cpu_backend.backward(dY, dh, Y_ref, w, L, reverse, act)
+        _assert_close(f"dA {tag}", dA, dA_ref, tol)
+        _assert_close(f"dh0 {tag}", dh0, dh0_ref, tol)
+        if L is not None:
+            assert torch.equal(dA[pad], torch.zeros_like(dA[pad]))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_lengths_7_5_5_2_1_1(isa: str, reverse: bool, act: str) -> None:
+    """Mixed lengths with a non-zero h0 -- the case where a kernel that ignores per-element order goes wrong."""
+    P, h0, w, _, dY, dh = _inputs(7, 6, 33, torch.float64, "none", seed=7)
+    L = torch.tensor([7, 5, 5, 2, 1, 1])
+    Y_ref, hn_ref = reference.forward(P, h0, w, L, reverse, act)
+    Y, hn = cpu_backend.forward(P, h0, w, L, reverse, act)
+    _assert_close("Y", Y, Y_ref, 1e-12)
+    _assert_close("h_n", hn, hn_ref, 1e-12)
+    dA_ref, dh0_ref = reference.backward(dY, dh, Y_ref, w, L, reverse, act)
+    dA, dh0 = cpu_backend.backward(dY, dh, Y_ref, w, L, reverse, act)
+    _assert_close("dA", dA, dA_ref, 1e-12)
+    _assert_close("dh0", dh0, dh0_ref, 1e-12)
+
+
+def _max_err(a: Tensor, oracle: Tensor) -> float:
+    return float((a.double() - oracle).abs().max()) if a.numel() else 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("T,B,H,lengths_kind,reverse,act", [
+    pytest.param(7, 5, 17, "mixed", False, "tanh", id="T7-B5-H17-mixed-tanh"),
+    pytest.param(63, 3, 100, "mixed", True, "tanh", id="T63-B3-H100-mixed-rev-tanh"),
+    pytest.param(63, 18, 17, "none", False, "relu", id="T63-B18-H17-relu"),
+    pytest.param(1, 1, 1, "none", True, "tanh", id="T1-B1-H1-rev"),
+])
+def test_low_precision_tolerance_rule(isa: str, T: int, B: int, H: int, lengths_kind: str, reverse: bool, act: str,
+                                      dtype: torch.dtype) -> None:
+    """fp16/bf16: error vs the fp64 oracle <= 2 x the reference's own error in that dtype + a small floor."""
+    P, h0, w, L, dY, dh = _inputs(T, B, H, dtype, lengths_kind, seed=11 + T + H)
+    d = lambda t: t.double()  # noqa: E731
+    Y64, hn64 = reference.forward(d(P), d(h0), d(w), L, reverse, act)
+    dA64, dh064 = reference.backward(d(dY), d(dh), Y64, d(w), L, reverse, act)
+    Y_ref, hn_ref = reference.forward(P, h0, w, L, reverse, act)
+    dA_ref, dh0_ref = reference.backward(dY, dh, Y_ref, w, L, reverse, act)
+    Y, hn = cpu_backend.forward(P, h0, w, L, reverse, act)
+    dA, dh0 = cpu_backend.backward(dY, dh, Y, w, L, reverse, act)
+    eps = torch.finfo(dtype).eps
+    for name, got, ref, oracle in (("Y", Y, Y_ref, Y64), ("h_n", hn, hn_ref, hn64), ("dA", dA, dA_ref, dA64),
+                                   ("dh0", dh0, dh0_ref, dh064)):
+        assert got.dtype == dtype and got.shape == oracle.shape, name
+        floor = 2 * eps * max(1.0, float(oracle.abs().max()))
+        e_cpu, e_ref = _max_err(got, oracle), _max_err(ref, oracle)
+        print(f"{name}: cpu err {e_cpu:.3g}, reference err {e_ref:.3g}, floor {floor:.3g}")
+        assert e_cpu <= 2 * e_ref + floor, f"{name}: cpu err {e_cpu:.3g} > 2 x reference err {e_ref:.3g} + {floor:.3g}"
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["all-T", "lengths"])
+def test_gradcheck_fp64(reverse: bool, act: str, with_lengths: bool) -> None:
+    """Every input gradient of the Function (P, h0, w_hh) with backend="cpu" against finite differences."""
+    g = torch.Generator().manual_seed(3)
+    T, B, H = 5, 3, 4
+    P = torch.randn(T, B, H, generator=g, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (0.7 * torch.randn(H, H, generator=g, dtype=torch.float64)).requires_grad_()
+    L = torch.tensor([5, 2, 3]) if with_lengths else None
+    fn = lambda P, h0, w: ElmanRecurrence.apply(P, h0, w, L, reverse, act, "cpu", "", False)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (P, h0, w), eps=1e-6, atol=1e-7)
+
+
+def test_module_matches_nn_rnn_fp64() -> None:
+    """The whole layer through fused_rnn.RNN(backend="cpu"): outputs and every parameter gradient vs torch.nn.RNN."""
+    torch.manual_seed(5)
+    ref = torch.nn.RNN(6, 9, num_layers=2, bidirectional=True, nonlinearity="relu", dtype=torch.float64)
+    mod = fused_rnn.RNN(6, 9, num_layers=2, bidirectional=True, nonlinearity="relu", dtype=torch.float64,
+                        backend="cpu")
+    mod.load_state_dict(ref.state_dict())
+    x = torch.randn(11, 4, 6, dtype=torch.float64)
+    hx = torch.randn(4, 4, 9, dtype=torch.float64)
+    out_r, hn_r = ref(x, hx)
+    out, hn = mod(x, hx)
+    torch.testing.assert_close(out, out_r, atol=1e-12, rtol=0)
+    torch.testing.assert_close(hn, hn_r, atol=1e-12, rtol=0)
+    gout, ghn = torch.randn_like(out), torch.randn_like(hn)
+    gr = torch.autograd.grad((out_r * gout).sum() + (hn_r * ghn).sum(), list(ref.parameters()))
+    gm = torch.autograd.grad((out * gout).sum() + (hn * ghn).sum(), list(mod.parameters()))
+    for (name, _), a, b in zip(ref.named_parameters(), gm, gr, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_nan_stays_in_its_row(isa: str, act: str) -> None:
+    """A NaN in one batch row (forward input, and backward dY) leaves every other row exactly as without it."""
+    T, B, H = 9, 6, 40  # 6 rows: one full 4-row tile plus a partial one
+    P, h0, w, L, dY, dh = _inputs(T, B, H, torch.float32, "none", seed=21)
+    bad = 4
+    Pn = P.clone()
+    Pn[3, bad, 7] = float("nan")
+    Y, hn = cpu_backend.forward(P, h0, w, None, False, act)
+    Yn, hnn = cpu_backend.forward(Pn, h0, w, None, False, act)
+    keep = [b for b in range(B) if b != bad]
+    assert torch.equal(Yn[:, keep], Y[:, keep]) and torch.equal(hnn[keep], hn[keep])
+    assert torch.isnan(Yn[3, bad, 7])  # the NaN itself is not dropped (tanh/relu of NaN is NaN)
+    if act == "tanh":
+        assert torch.isnan(Yn[4:, bad]).all()  # and it spreads through the recurrence to all of its row
+    dYn = dY.clone()
+    dYn[5, bad, 0] = float("nan")
+    dA, dh0 = cpu_backend.backward(dY, dh, Y, w, None, False, act)
+    dAn, dh0n = cpu_backend.backward(dYn, dh, Y, w, None, False, act)
+    assert torch.equal(dAn[:, keep], dA[:, keep]) and torch.equal(dh0n[keep], dh0[keep])
+    assert torch.isnan(dAn[5, bad, 0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_relu_overflow_matches_reference(isa: str, dtype: torch.dtype) -> None:
+    """relu growing past the dtype's max gives inf (and inf - inf = NaN) exactly where the reference gets them."""
+    T, B, H = 6, 3, 5
+    # Every product h·w at step 2 overflows by itself (>= 2·max), so inf/NaN do not depend on summation order.
+    big = torch.finfo(dtype).max ** 0.5
+    g = torch.Generator().manual_seed(4)
+    P = (0.5 + 0.5 * torch.rand(T, B, H, generator=g, dtype=torch.float64)).to(dtype) * big
+    w = (0.5 + 0.5 * torch.rand(H, H, generator=g, dtype=torch.float64)).to(dtype) * (8 * big)
+    w[0, 1] = -w[0, 1]  # a negative weight: unit 0 then sees inf - inf = NaN, which spreads to the whole row
+    h0 = torch.zeros(B, H, dtype=dtype)
+    Y_ref, hn_ref = reference.forward(P, h0, w, None, False, "relu")
+    Y, hn = cpu_backend.forward(P, h0, w, None, False, "relu")
+    assert torch.isinf(Y_ref).any() and torch.isnan(Y_ref).any(), "the case must actually overflow"
+    torch.testing.assert_close(Y, Y_ref, equal_nan=True, atol=0, rtol=1e-5)
+    torch.testing.assert_close(hn, hn_ref, equal_nan=True, atol=0, rtol=1e-5)
+    assert torch.isinf(Y).any() and torch.isnan(Y).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp64", "fp16", "bf16"])
+def test_batch_zero(dtype: torch.dtype) -> None:
+    P = torch.zeros(4, 0, 3, dtype=dtype)
+    h0 = torch.zeros(0, 3, dtype=dtype)
+    w = torch.zeros(3, 3, dtype=dtype)
+    Y, hn = cpu_backend.forward(P, h0, w, torch.zeros(0, dtype=torch.int64), True, "tanh")
+    assert Y.shape == (4, 0, 3) and hn.shape == (0, 3) and Y.dtype == dtype
+    dA, dh0 = cpu_backend.backward(P, h0, P, w, None, False, "relu")
+    assert dA.shape == (4, 0, 3) and dh0.shape == (0, 3) and dA.dtype == dtype
+
+
+def test_non_contiguous_inputs() -> None:
+    """Strided views give the same results as their contiguous copies."""
+    P, h0, w, L, dY, dh = _inputs(8, 5, 12, torch.float32, "mixed", seed=9)
+    Pv = P.transpose(0, 1).contiguous().transpose(0, 1)  # [T,B,H] view with batch-major strides
+    wv = w.t().contiguous().t()
+    h0v = h0.t().contiguous().t()
+    Lv = torch.stack([L, L], 1)[:, 0]  # stride 2
+    assert not (Pv.is_contiguous() or wv.is_contiguous() or h0v.is_contiguous() or Lv.is_contiguous())
+    Y, hn = cpu_backend.forward(P, h0, w, L, True, "tanh")
+    Yv, hnv = cpu_backend.forward(Pv, h0v, wv, Lv, True, "tanh")
+    assert torch.equal(Y, Yv) and torch.equal(hn, hnv)
+    dA, dh0 = cpu_backend.backward(dY, dh, Y, w, L, True, "tanh")
+    dAv, dh0v = cpu_backend.backward(dY.transpose(0, 1).contiguous().transpose(0, 1), dh, Y, wv, Lv, True, "tanh")
+    assert torch.equal(dA, dAv) and torch.equal(dh0, dh0v)
+
+
+def _good():
+    P, h0, w, _, dY, dh = _inputs(5, 3, 4, torch.float32, "none")
+    return P, h0, w
+
+
+BAD_FWD = {
+    "P-2d": lambda P, h0, w: (P[0], h0, w, None),
+    "h0-wrong-B": lambda P, h0, w: (P, h0[:2], w, None),
+    "h0-wrong-H": lambda P, h0, w: (P, h0[:, :3], w, None),
+    "w-not-square": lambda P, h0, w: (P, h0, w[:, :3], None),
+    "dtype-mix-w": lambda P, h0, w: (P, h0, w.double(), None),
+    "dtype-mix-h0": lambda P, h0, w: (P, h0.half(), w, None),
+    "int-dtype": lambda P, h0, w: (P.int(), h0.int(), w.int(), None),
+    "T-zero": lambda P, h0, w: (P[:0], h0, w, None),
+    "lengths-zero": lambda P, h0, w: (P, h0, w, torch.tensor([5, 0, 2])),
+    "lengths-negative": lambda P, h0, w: (P, h0, w, torch.tensor([5, -3, 2])),
+    "lengths-over-T": lambda P, h0, w: (P, h0, w, torch.tensor([5, 6, 2])),
+    "lengths-huge": lambda P, h0, w: (P, h0, w, torch.tensor([5, 2**40, 2])),
+    "lengths-int32": lambda P, h0, w: (P, h0, w, torch.tensor([5, 1, 2], dtype=torch.int32)),
+    "lengths-wrong-size": lambda P, h0, w: (P, h0, w, torch.tensor([5, 1])),
+    "lengths-2d": lambda P, h0, w: (P, h0, w, torch.tensor([[5, 1, 2]])),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FWD), ids=list(BAD_FWD))
+def test_bad_forward_inputs_raise(case: str) -> None:
+    P, h0, w, L = BAD_FWD[case](*_good())
+    with pytest.raises(RuntimeError, match="fused_rnn"):
+        torch.ops.fused_rnn.elman_fwd(P, h0, w, L, False, "tanh", "", False)
+
+
+BAD_BWD = {
+    "dY-shape": lambda dY, dh, Y, w: (dY[:, :2], dh, Y, w, None),
+    "dh-shape": lambda dY, dh, Y, w: (dY, dh[:, :2], Y, w, None),
+    "w-shape": lambda dY, dh, Y, w: (dY, dh, Y, w[:3], None),
+    "dtype-mix": lambda dY, dh, Y, w: (dY.double(), dh, Y, w, None),
+    "int-dtype": lambda dY, dh, Y, w: (dY.long(), dh.long(), Y.long(), w.long(), None),
+    "lengths-over-T": lambda dY, dh, Y, w: (dY, dh, Y, w, torch.tensor([1, 6, 2])),
+    "lengths-zero": lambda dY, dh, Y, w: (dY, dh, Y, w, torch.tensor([0, 1, 2])),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BWD), ids=list(BAD_BWD))
+def test_bad_backward_inputs_raise(case: str) -> None:
+    P, h0, w = _good()
+    dY, dh, Y, w2, L = BAD_BWD[case](P, h0, P.tanh(), w)
+    with pytest.raises(RuntimeError, match="fused_rnn"):
+        torch.ops.fused_rnn.elman_bwd(dY, dh, Y, w2, L, False, "tanh", "", False)
+
+
+@pytest.mark.parametrize("op", ["fwd", "bwd"])
+def test_bad_strings_raise(op: str) -> None:
+    P, h0, w = _good()
+    for act, tier, what in (("sigmoid", "", "nonlinearity"), ("tanh", "persistent", "tier")):
+        with pytest.raises(RuntimeError, match=what):
+            if op == "fwd":
+                torch.ops.fused_rnn.elman_fwd(P, h0, w, None, False, act, tier, False)
+            else:
+                torch.ops.fused_rnn.elman_bwd(P, h0, P, w, None, False, act, tier, False)
+
+
+def test_isa_hook_rejects_unknown() -> None:
+    with pytest.raises(RuntimeError, match="unknown instruction set"):
+        torch.ops.fused_rnn.cpu_isa("sse9")
+    assert torch.ops.fused_rnn.cpu_isa("") in ("generic", "avx2")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_opcheck(dtype: torch.dtype) -> None:
+    """Schema, fake (meta) implementation and dispatch of the CPU kernels agree (non-grad inputs: the autograd lives
+    in ElmanRecurrence, ENV.md)."""
+    P, h0, w, _, dY, dh = _inputs(5, 3, 4, dtype, "none", seed=2)
+    L = torch.tensor([5, 2, 3])
+    torch.library.opcheck(torch.ops.fused_rnn.elman_fwd.default, (P, h0, w, L, True, "tanh", "", False))
+    Y, _ = cpu_backend.forward(P, h0, w, L, True, "tanh")
+    torch.library.opcheck(torch.ops.fused_rnn.elman_bwd.default, (dY, dh, Y, w, L, True, "relu", "", False))
