@@ -68,24 +68,35 @@ def test_heuristic_picks_a_compiled_tier(H: int, B: int, dtype: torch.dtype) -> 
         assert tier != "batch_tiled"
 
 
-def test_heuristic_small_h_is_batch_tiled() -> None:
+def test_heuristic_rule() -> None:
+    """The measured rule (csrc/cuda/NOTES_persistent.md): cluster on Hopper for H <= 1024 half / 768 fp32 and
+    B <= 256, persistent for B <= 16 up to its shared-memory limit, fallback otherwise and for fp64; batch_tiled only
+    when forced (not yet run on a GPU)."""
     dev = torch.device("cuda")
-    assert cuda_heuristic.pick_tier(64, 1, torch.float32, dev, TIERS) == "batch_tiled"
-    assert cuda_heuristic.pick_tier(300, 4, torch.bfloat16, dev, TIERS) == "batch_tiled"
-    assert cuda_heuristic.pick_tier(300, 4, torch.float32, dev, TIERS) == "fallback"  # fp32 H=300: 352 KB
+    hopper = torch.cuda.is_available() and torch.cuda.get_device_capability(dev)[0] >= 9
+    small = cuda_heuristic.pick_tier(64, 1, torch.float32, dev, TIERS)
+    assert small == ("cluster" if hopper else "persistent")
+    assert cuda_heuristic.pick_tier(2048, 8, torch.float32, dev, TIERS) == "persistent"
+    assert cuda_heuristic.pick_tier(2048, 64, torch.float32, dev, TIERS) == "fallback"
+    assert cuda_heuristic.pick_tier(512, 1024, torch.bfloat16, dev, TIERS) == "fallback"
+    assert cuda_heuristic.pick_tier(64, 1, torch.float64, dev, TIERS) == "fallback"
+    assert cuda_heuristic.pick_tier(8192, 1, torch.bfloat16, dev, TIERS) == "fallback"
+    for H in (1, 64, 240, 336):
+        for dtype in DTYPES:
+            assert cuda_heuristic.pick_tier(H, 4, dtype, dev, TIERS) != "batch_tiled"
 
 
 @pytest.mark.parametrize(("dtype", "h_max"), [(torch.float32, 240), (torch.bfloat16, 336), (torch.float16, 336),
                                               (torch.float64, 168)], ids=str)
 def test_heuristic_limit_matches_227kb(dtype: torch.dtype, h_max: int) -> None:
     """The largest H the batch_tiled launcher fits in 227 KB (computed by hand from its layout: H rows of
-    roundup(H, 16 B) plus two fp32/fp64 state rows) is the heuristic's limit too."""
+    roundup(H, 16 B) plus two fp32/fp64 state rows) is the python-side limit too."""
     assert cuda_heuristic.batch_tiled_smem_bytes(h_max, dtype) <= 227 * 1024
     assert cuda_heuristic.batch_tiled_smem_bytes(h_max + 1, dtype) > 227 * 1024
     if not torch.cuda.is_available():  # the device's own limit is used where there is one
         dev = torch.device("cuda")
-        assert cuda_heuristic.pick_tier(h_max, 1, dtype, dev, TIERS) == "batch_tiled"
-        assert cuda_heuristic.pick_tier(h_max + 1, 1, dtype, dev, TIERS) == "fallback"
+        assert cuda_heuristic.batch_tiled_fits(h_max, dtype, dev)
+        assert not cuda_heuristic.batch_tiled_fits(h_max + 1, dtype, dev)
 
 
 # ---------------------------------------------------------------------------------------------------------------

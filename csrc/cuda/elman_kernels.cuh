@@ -63,10 +63,11 @@ template <typename Acc>
 __device__ __forceinline__ Acc activation(Acc a, int act) {
   return act == 0 ? act_tanh(a) : (a < Acc(0) ? Acc(0) : a);
 }
-// f'(a) from h = f(a): 1 - h^2 (tanh), [h > 0] (relu) -- multiplied, as the reference does, so 0 * inf stays NaN.
+// f'(a) from h = f(a): 1 - h^2 (tanh), [not h <= 0] (relu: a NaN state passes the gradient, as torch's
+// threshold_backward does) -- multiplied, as the reference does, so 0 * inf stays NaN.
 template <typename Acc>
 __device__ __forceinline__ Acc activation_grad(Acc h, int act) {
-  return act == 0 ? Acc(1) - h * h : (h > Acc(0) ? Acc(1) : Acc(0));
+  return act == 0 ? Acc(1) - h * h : (h <= Acc(0) ? Acc(0) : Acc(1));
 }
 
 __device__ __forceinline__ int clamp_len(const int64_t* lengths, int b, int T) {

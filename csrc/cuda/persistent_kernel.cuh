@@ -97,7 +97,8 @@ __device__ __forceinline__ float act_f(float a, int act) {
   return act == 0 ? tanhf(a) : (a <= 0.f ? 0.f : a);
 }
 __device__ __forceinline__ float act_grad_from_out(float h, int act) {
-  return act == 0 ? 1.f - h * h : (h > 0.f ? 1.f : 0.f);
+  // relu: `h <= 0 ? 0 : 1` so a NaN state passes the gradient, as torch's threshold_backward (nn.RNN) does.
+  return act == 0 ? 1.f - h * h : (h <= 0.f ? 0.f : 1.f);
 }
 
 __device__ __forceinline__ int length_of(const int64_t* lengths, int b, int T) {

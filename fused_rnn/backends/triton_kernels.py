@@ -67,11 +67,11 @@ def _activation(a, NONLIN: tl.constexpr, INTERP: tl.constexpr):
 
 @triton.jit
 def _activation_grad(h, NONLIN: tl.constexpr):
-    """f'(a) from h = f(a): 1 - h² (tanh) or [h > 0] (relu)."""
+    """f'(a) from h = f(a): 1 - h² (tanh) or [not h <= 0] (relu: a NaN state passes the gradient, as torch)."""
     if NONLIN == 0:
         d = 1.0 - h * h
     else:
-        d = tl.where(h > 0.0, 1.0, 0.0).to(h.dtype)
+        d = tl.where(h <= 0.0, 0.0, 1.0).to(h.dtype)
     return d
 
 
