@@ -241,10 +241,12 @@ void bwd_blas(const at::Tensor& dYc, const at::Tensor& dhc, const at::Tensor& Yc
 // ---- forward ---------------------------------------------------------------------------------------------------
 std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::Tensor& h0, const at::Tensor& w_hh,
                                                  const c10::optional<at::Tensor>& lengths, bool reverse,
-                                                 const std::string& nonlinearity, const std::string& tier,
+                                                 c10::string_view nonlinearity_sv, c10::string_view tier_sv,
                                                  bool allow_tf32) {
   (void)allow_tf32;  // TF32 is a CUDA setting; the CPU computes IEEE fp32
   check_fwd_inputs(P, h0, w_hh, lengths);
+  // `str` arguments arrive as string_view: the CPU and CUDA kernels of one op must share a C++ signature.
+  const std::string nonlinearity(nonlinearity_sv), tier(tier_sv);
   check_cpu_common("elman_fwd", P, tier);
   const int act = static_cast<int>(parse_nonlinearity(nonlinearity));
   const int64_t T_ = P.size(0), B = P.size(1), H = P.size(2);
@@ -284,10 +286,11 @@ std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::
 // ---- backward --------------------------------------------------------------------------------------------------
 std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at::Tensor& dh_n, const at::Tensor& Y,
                                                  const at::Tensor& w_hh, const c10::optional<at::Tensor>& lengths,
-                                                 bool reverse, const std::string& nonlinearity,
-                                                 const std::string& tier, bool allow_tf32) {
+                                                 bool reverse, c10::string_view nonlinearity_sv,
+                                                 c10::string_view tier_sv, bool allow_tf32) {
   (void)allow_tf32;
   check_bwd_inputs(dY, dh_n, Y, w_hh, lengths);
+  const std::string nonlinearity(nonlinearity_sv), tier(tier_sv);
   check_cpu_common("elman_bwd", Y, tier);
   const int act = static_cast<int>(parse_nonlinearity(nonlinearity));
   const int64_t T_ = Y.size(0), B = Y.size(1), H = Y.size(2);
