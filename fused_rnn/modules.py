@@ -4,9 +4,16 @@ It subclasses ``torch.nn.RNNBase`` (as nn.RNN does, with nn.RNN's argument handl
 messages, parameter names/shapes/registration order, initialisation, ``state_dict``, pickling and ``extra_repr`` are
 the installed torch's own, for every torch version. Not ``nn.RNN`` itself: Dynamo refuses to trace any nn.RNN
 instance ("Attempted to wrap RNN, GRU, or LSTM"), and fused_rnn.RNN must compile with ``fullgraph=True``.
-Only ``forward`` differs: it reduces every input form (PackedSequence, unbatched, batch_first) to a time-major
-``(T, B, I)`` tensor plus ``lengths``, runs layers × directions through ``elman_layer``, and assembles
-``(output, h_n)`` exactly as nn.RNN does. No math here.
+``forward`` reduces every input form (PackedSequence, unbatched, batch_first) to a time-major ``(T, B, I)`` tensor
+plus ``lengths``, runs layers × directions through ``elman_layer``, and assembles ``(output, h_n)`` exactly as nn.RNN
+does; under torch.autocast it casts as nn.RNN's op does. ``step`` advances a unidirectional module by one time step
+(autoregressive decoding).
+
+torch.compile: ``torch.compile(rnn, fullgraph=True)`` traces padded input (with or without ``lengths=``); a
+PackedSequence compiles with the graph breaks Dynamo forces around (un)packing. With the C++ backends (opaque ops) a
+new sequence length reuses the graph once T is dynamic: ``torch._dynamo.mark_dynamic(x, 0)`` (1 with batch_first),
+or let Dynamo's automatic dynamic shapes recompile once. The reference backend's Python time loop is unrolled, so it
+recompiles per T. Backend choice, tier and TF32 setting are fixed when the graph is traced (select.resolve).
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ class RNN(nn.RNNBase):
     for padded batched input (steps t >= lengths[b] are padding: output 0 there, h_n taken at the last valid step,
     the same results as packing the batch).
     Outputs: ``output`` [T, B, D·H] (or a PackedSequence), ``h_n`` [num_layers·D, B, H]; D = 2 if bidirectional.
+
+    ``step(x_t [B, I], hx [num_layers, B, H] | None) -> (y_t [B, H], h_next [num_layers, B, H])``: one time step.
+
+    A subclass of ``nn.RNNBase`` (like nn.RNN), not of ``nn.RNN``: ``isinstance(m, nn.RNN)`` is False.
     """
 
     def __init__(self, *args, backend: str = "auto", **kwargs) -> None:

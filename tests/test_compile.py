@@ -72,6 +72,8 @@ def test_fullgraph_matches_eager(cpu_backend: str, with_lengths: bool) -> None:
     kw = {"lengths": torch.tensor([7, 2, 5])} if with_lengths else {}
     _assert_all_close(_run(compiled, x, hx, **kw), _run(eager, x, hx, **kw))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.config.allow_rnn, "must compile without Dynamo's experimental RNN switch"
+    assert isinstance(twin, torch.nn.RNNBase) and not isinstance(twin, torch.nn.RNN)
 
 
 def test_inductor_matches_eager() -> None:
@@ -125,6 +127,50 @@ def test_new_sequence_length_does_not_recompile() -> None:
         kw = {"lengths": torch.tensor([T, 2, T - 1])}
         _assert_all_close(_run(compiled, x, hx, dynamic_time=True, **kw), _run(eager, x, hx, **kw))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.skipif(not _cpu_op_built(), reason="the C++ extension is not built with its CPU kernels")
+def test_new_sequence_length_automatic_dynamic_compiles_once_more() -> None:
+    """Without mark_dynamic: the first new T compiles one dynamic graph, later lengths reuse it (cpu backend)."""
+    eager, twin = _make("cpu")
+    compiled = torch.compile(twin, fullgraph=True, backend="aot_eager")
+    for T in (9, 13, 4, 21):
+        x = torch.randn(T, 2, I, dtype=torch.float64)
+        hx = torch.randn(1, 2, H, dtype=torch.float64)
+        _assert_all_close(_run(compiled, x, hx), _run(eager, x, hx))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+
+
+def _graph_recorder(graphs: list[str]):
+    """A torch.compile backend that keeps each Dynamo graph's code (submodules included) and runs it eagerly."""
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append(gm.print_readable(print_output=False))
+        return gm.forward
+
+    return backend
+
+
+@pytest.mark.skipif(not _cpu_op_built(), reason="the C++ extension is not built with its CPU kernels")
+def test_backend_resolution_inside_the_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """backend="auto" resolves at trace time -- FUSED_RNN_BACKEND included -- and the graph holds that backend's
+    compute: the opaque C++ op for cpu, plain aten ops for the reference. The choice is part of the compiled graph:
+    changing the variable afterwards needs torch._dynamo.reset() (documented in select.resolve)."""
+    x = torch.randn(4, 2, I, dtype=torch.float64)
+    eager, twin = _make("auto")
+    monkeypatch.delenv("FUSED_RNN_BACKEND", raising=False)
+    graphs: list[str] = []
+    torch.compile(twin, fullgraph=True, backend=_graph_recorder(graphs))(x)
+    assert len(graphs) == 1 and "torch.ops.fused_rnn.elman_fwd" in graphs[0]
+
+    torch._dynamo.reset()
+    monkeypatch.setenv("FUSED_RNN_BACKEND", "reference")
+    graphs.clear()
+    out, h_n = torch.compile(twin, fullgraph=True, backend=_graph_recorder(graphs))(x)
+    assert len(graphs) == 1 and "torch.ops.fused_rnn" not in graphs[0]
+    want_out, want_h = eager(x)
+    torch.testing.assert_close(out, want_out)
+    torch.testing.assert_close(h_n, want_h)
 
 
 def test_bad_lengths_in_compiled_graph_raise(cpu_backend: str) -> None:
