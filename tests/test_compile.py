@@ -211,3 +211,37 @@ def test_opcheck(reverse: bool, with_lengths: bool, nonlinearity: str) -> None:
     fwd, bwd = _op_args(reverse, with_lengths, nonlinearity)
     torch.library.opcheck(torch.ops.fused_rnn.elman_fwd.default, fwd)
     torch.library.opcheck(torch.ops.fused_rnn.elman_bwd.default, bwd)
+
+
+def test_tier_heuristic_runs_at_trace_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend with tiers (the GPU backends' path, simulated on the reference): fullgraph holds with static shapes
+    (heuristic called once at trace time with plain ints), and after Dynamo's automatic dynamic shapes make B
+    symbolic (the heuristic is traced; its B comparison becomes a guard), for batch sizes on both sides of it."""
+    from fused_rnn.backends import reference
+
+    calls: list[tuple] = []
+
+    def pick_tier(H_: int, B_: int, dtype: torch.dtype, device: torch.device) -> str:
+        calls.append((type(H_), type(B_), H_, B_, dtype, device.type))
+        return "wide" if B_ > 2 else "narrow"
+
+    monkeypatch.setattr(reference, "TIERS", ("narrow", "wide"))
+    monkeypatch.setattr(reference, "pick_tier", pick_tier)
+    eager, twin = _make("reference")
+    compiled = torch.compile(twin, fullgraph=True, backend="aot_eager")
+    for batch in (2, 3, 5, 1):
+        x = torch.randn(4, batch, I, dtype=torch.float64)
+        hx = torch.randn(1, batch, H, dtype=torch.float64)
+        calls.clear()
+        _assert_all_close(_run(compiled, x, hx), _run(eager, x, hx))
+        if batch == 2:  # the first, static compile: one call per layer-direction at trace time, plain ints
+            assert (int, int, H, 2, torch.float64, "cpu") in calls
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # the static graph, then dynamic B
+
+
+def test_unusable_backend_in_compiled_module_raises_clearly() -> None:
+    """The resolution errors of eager mode surface from torch.compile too (as a RuntimeError with our message)."""
+    model = fused_rnn.RNN(I, H, backend="cuda")  # CPU tensors: never usable, with or without a GPU
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with pytest.raises(RuntimeError, match=r"fused_rnn: backend 'cuda' (is not available here|cannot run on cpu)"):
+        compiled(torch.randn(4, 2, I))

@@ -104,16 +104,19 @@ def resolve(backend: str, device: torch.device, H: int, B: int, dtype: torch.dty
     Under torch.compile the environment and availability part (``_resolve_name``) runs once, at trace time, and its
     result is a constant of the graph: FUSED_RNN_BACKEND / FUSED_RNN_*_TIER changed after the first compile take
     effect after ``torch._dynamo.reset()`` (or in a new process), not in the compiled module. Backends with no tiers
-    never look at H or B, so a dynamic batch or sequence size does not recompile for them.
+    never look at H or B, so a dynamic batch or sequence size does not recompile for them. H, B: ints, or SymInts
+    while torch.compile traces with dynamic shapes.
     """
     name, forced, auto, multi_tier = _resolve_name(backend, device.type)
     if forced:
         return Choice(name, forced)
     if not multi_tier:
         return Choice(name, "")
-    # A tier heuristic reads the shape: under torch.compile int() specialises a symbolic B (one graph per batch
-    # size on GPU backends, whose tier genuinely depends on it).
-    tier = _pick_tier(name, int(H), int(B), dtype, device.type, device.index)
+    # Traced by Dynamo under torch.compile (not a trace-time constant like _resolve_name: H and B may be symbolic,
+    # and a constant's arguments cannot be). Each comparison the heuristic makes on B becomes a guard, so a batch size
+    # on its other side recompiles. Heuristics must stay traceable: plain Python over H, B, dtype (checked for the
+    # CUDA one, compiled-tier query included, on CPU with dynamic H and B: torch 2.14.1, 2026-11-27).
+    tier = backend_module(name).pick_tier(H, B, dtype, device)
     if auto and device.type == "cuda" and name in GPU_VERIFIED and tier not in GPU_VERIFIED[name]:
         # auto runs only GPU-verified tiers; take the first verified one, else the reference.
         tier = GPU_VERIFIED[name][0] if GPU_VERIFIED[name] else ""
@@ -145,8 +148,3 @@ def _resolve_name(backend: str, device_type: str) -> tuple[str, str, bool, bool]
         raise ValueError(f"fused_rnn: {_TIER_ENV[name]}={forced!r} is not a tier of {name!r}: {mod.TIERS}")
     return name, forced, auto, tuple(mod.TIERS) != ("",)
 
-
-@torch.compiler.assume_constant_result
-def _pick_tier(name: str, H: int, B: int, dtype: torch.dtype, device_type: str, device_index: int | None) -> str:
-    """The backend's own tier heuristic for (H, B, dtype) on that device; a trace-time constant under compile."""
-    return backend_module(name).pick_tier(H, B, dtype, torch.device(device_type, device_index))
