@@ -137,8 +137,7 @@ class RNN(nn.RNNBase):
 
         # -> canonical time-major x [T, B, I] and lengths [B] (or None)
         if batch_sizes is not None:
-            x, seq_lengths = pad_packed_sequence(
-                PackedSequence(input, batch_sizes, None, None), batch_first=False)
+            x, seq_lengths = _packed_to_padded(input, batch_sizes)
         else:
             x = input.transpose(0, 1) if self.batch_first else input
             seq_lengths = None
@@ -155,8 +154,8 @@ class RNN(nn.RNNBase):
                 output, h_n = self._run_layers(x, hx, seq_lengths, amp_dtype)
 
         if batch_sizes is not None:
-            packed = pack_padded_sequence(output, seq_lengths, batch_first=False, enforce_sorted=True)
-            out = PackedSequence(packed.data, batch_sizes, sorted_indices, unsorted_indices)
+            out = PackedSequence(_padded_to_packed_data(output, seq_lengths), batch_sizes, sorted_indices,
+                                 unsorted_indices)
             return out, self.permute_hidden(h_n, unsorted_indices)
         if self.batch_first:
             output = output.transpose(0, 1).contiguous()
@@ -286,6 +285,21 @@ class RNN(nn.RNNBase):
         if not batched:
             return y.squeeze(0), h_next.squeeze(1)
         return y, h_next
+
+
+# (Un)packing reads batch_sizes on the host, so torch.compile cannot trace it: torch 2.14's Dynamo skips
+# pad_packed_sequence (a graph break), torch 2.11's traces into it and fails on fake tensors. Running both
+# conversions eagerly gives the same graph break on every version (fullgraph=False for PackedSequence input).
+@torch.compiler.disable
+def _packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor]:
+    """PackedSequence data [N, I] + batch_sizes [T] (sorted order) -> (x [T, B, I] zero-padded, lengths [B] int64)."""
+    return pad_packed_sequence(PackedSequence(data, batch_sizes, None, None), batch_first=False)
+
+
+@torch.compiler.disable
+def _padded_to_packed_data(output: Tensor, lengths: Tensor) -> Tensor:
+    """output [T, B, D·H] in sorted order, lengths [B] -> packed data [N, D·H] (the inverse of _packed_to_padded)."""
+    return pack_padded_sequence(output, lengths, batch_first=False, enforce_sorted=True).data
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
