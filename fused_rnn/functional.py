@@ -78,9 +78,9 @@ def check_lengths(lengths: Tensor, T: int, B: int) -> Tensor:
         if torch.compiler.is_compiling():
             # Reading the values on the host would break the graph (a data-dependent branch). On CPU the check
             # becomes an in-graph assert that raises a RuntimeError with this message. On CUDA it is skipped in
-            # compiled graphs (a device-side assert would poison the CUDA context): the kernels compare t < L_b,
-            # so out-of-range values are memory-safe (L_b > T acts as T, L_b < 1 as an empty sequence) and the
-            # C++ CPU op re-checks them itself.
+            # compiled graphs (a device-side assert would poison the CUDA context): the CUDA kernels clamp L_b into
+            # [0, T] (csrc/cuda: clamp_len, length_of) and the reference masks with t < L_b, so out-of-range values
+            # are memory-safe there (L_b > T acts as T, L_b < 1 as an empty sequence); the C++ CPU op re-checks.
             if lengths.device.type == "cpu":
                 # (no T in the message: formatting a symbolic T would specialise the graph to one length)
                 torch._assert_async(((lengths >= 1) & (lengths <= T)).all(),
