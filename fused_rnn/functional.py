@@ -55,7 +55,14 @@ def elman_layer(
         lengths = lengths.to(x.device, non_blocking=True)
     P = input_projection(x, w_ih, b_ih, b_hh).contiguous()
     choice = resolve(backend, P.device, H, B, P.dtype)
-    return recurrence(P, h0, w_hh, lengths, reverse, nonlinearity, choice.backend, choice.tier, _allow_tf32())
+    return recurrence(P, h0, w_hh, lengths, reverse, nonlinearity, choice.backend, choice.tier, _tf32_setting())
+
+
+@torch.compiler.assume_constant_result
+def _tf32_setting() -> bool:
+    """precision.allow_tf32(), read at trace time under torch.compile (Dynamo cannot trace the dispatcher getters
+    behind it): a compiled module keeps the TF32 setting it was traced with until ``torch._dynamo.reset()``."""
+    return _allow_tf32()
 
 
 def check_lengths(lengths: Tensor, T: int, B: int) -> Tensor:
@@ -68,6 +75,17 @@ def check_lengths(lengths: Tensor, T: int, B: int) -> Tensor:
         raise TypeError(f"lengths must hold integers, got {lengths.dtype}")
     lengths = lengths.to(torch.int64)
     if B > 0:
+        if torch.compiler.is_compiling():
+            # Reading the values on the host would break the graph (a data-dependent branch). On CPU the check
+            # becomes an in-graph assert that raises a RuntimeError with this message. On CUDA it is skipped in
+            # compiled graphs (a device-side assert would poison the CUDA context): the CUDA kernels clamp L_b into
+            # [0, T] (csrc/cuda: clamp_len, length_of) and the reference masks with t < L_b, so out-of-range values
+            # are memory-safe there (L_b > T acts as T, L_b < 1 as an empty sequence); the C++ CPU op re-checks.
+            if lengths.device.type == "cpu":
+                # (no T in the message: formatting a symbolic T would specialise the graph to one length)
+                torch._assert_async(((lengths >= 1) & (lengths <= T)).all(),
+                                    "fused_rnn: lengths must lie in [1, T], T = the input's sequence length")
+            return lengths
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 1 or hi > T:
             raise ValueError(f"lengths must lie in [1, {T}] (the sequence length), got values in [{lo}, {hi}]")

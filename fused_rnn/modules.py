@@ -1,10 +1,19 @@
 """``fused_rnn.RNN``: a drop-in for ``torch.nn.RNN`` whose recurrence runs on a fused backend.
 
-It subclasses ``torch.nn.RNN``, so constructor checks, error messages, parameter names/shapes/registration order,
-initialisation, ``state_dict``, pickling and ``extra_repr`` are the installed torch's own, for every torch version.
-Only ``forward`` differs: it reduces every input form (PackedSequence, unbatched, batch_first) to a time-major
-``(T, B, I)`` tensor plus ``lengths``, runs layers × directions through ``elman_layer``, and assembles
-``(output, h_n)`` exactly as nn.RNN does. No math here.
+It subclasses ``torch.nn.RNNBase`` (as nn.RNN does, with nn.RNN's argument handling), so constructor checks, error
+messages, parameter names/shapes/registration order, initialisation, ``state_dict``, pickling and ``extra_repr`` are
+the installed torch's own, for every torch version. Not ``nn.RNN`` itself: Dynamo refuses to trace any nn.RNN
+instance ("Attempted to wrap RNN, GRU, or LSTM"), and fused_rnn.RNN must compile with ``fullgraph=True``.
+``forward`` reduces every input form (PackedSequence, unbatched, batch_first) to a time-major ``(T, B, I)`` tensor
+plus ``lengths``, runs layers × directions through ``elman_layer``, and assembles ``(output, h_n)`` exactly as nn.RNN
+does; under torch.autocast it casts as nn.RNN's op does. ``step`` advances a unidirectional module by one time step
+(autoregressive decoding).
+
+torch.compile: ``torch.compile(rnn, fullgraph=True)`` traces padded input (with or without ``lengths=``); a
+PackedSequence compiles with the graph breaks Dynamo forces around (un)packing. With the C++ backends (opaque ops) a
+new sequence length reuses the graph once T is dynamic: ``torch._dynamo.mark_dynamic(x, 0)`` (1 with batch_first),
+or let Dynamo's automatic dynamic shapes recompile once. The reference backend's Python time loop is unrolled, so it
+recompiles per T. Backend choice, tier and TF32 setting are fixed when the graph is traced (select.resolve).
 """
 
 from __future__ import annotations
@@ -16,9 +25,10 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .backends.select import BACKEND_NAMES
 from .functional import check_lengths, elman_layer
+from .precision import compute_dtype
 
 
-class RNN(nn.RNN):
+class RNN(nn.RNNBase):
     r"""Elman RNN, ``h_t = f(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh)`` with f = tanh or relu.
 
     Same arguments as :class:`torch.nn.RNN` plus ``backend`` ("auto", "reference", "cpu", "cuda", "triton").
@@ -28,12 +38,32 @@ class RNN(nn.RNN):
     for padded batched input (steps t >= lengths[b] are padding: output 0 there, h_n taken at the last valid step,
     the same results as packing the batch).
     Outputs: ``output`` [T, B, D·H] (or a PackedSequence), ``h_n`` [num_layers·D, B, H]; D = 2 if bidirectional.
+
+    ``step(x_t [B, I], hx [num_layers, B, H] | None) -> (y_t [B, H], h_next [num_layers, B, H])``: one time step.
+
+    A subclass of ``nn.RNNBase`` (like nn.RNN), not of ``nn.RNN``: ``isinstance(m, nn.RNN)`` is False.
     """
 
     def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
         if backend != "auto" and backend not in BACKEND_NAMES:
             raise ValueError(f"fused_rnn: unknown backend {backend!r}; choose one of {('auto',) + BACKEND_NAMES}")
-        super().__init__(*args, **kwargs)
+        # nn.RNN's own argument handling (nonlinearity as 4th positional or keyword; proj_size refused), kept word
+        # for word so the errors equal the installed nn.RNN's (test_errors.py compares them at run time; identical
+        # in torch 2.11 and 2.14). We subclass nn.RNNBase, not nn.RNN: Dynamo refuses every nn.RNN instance.
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif self.nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(mode, *args, **kwargs)
         self.backend = backend
 
     def flatten_parameters(self) -> None:
@@ -53,7 +83,8 @@ class RNN(nn.RNN):
             self.backend = "auto"
 
     def forward(self, input, hx: Tensor | None = None, lengths: Tensor | None = None):  # noqa: A002 (nn.RNN's name)
-        self._update_flat_weights()
+        # No self._update_flat_weights(): the parameters are read by name (_layer_weights), never through the
+        # weakref'd flat list, and skipping it keeps weakrefs out of what torch.compile traces.
         num_directions = 2 if self.bidirectional else 1
         orig_input = input
         batch_sizes = None
@@ -85,12 +116,20 @@ class RNN(nn.RNN):
             elif hx is not None and hx.dim() != 3:
                 raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
             max_batch_size = input.size(0) if self.batch_first else input.size(1)
+        # Under torch.autocast nn.RNN's op is on the lower-precision list on CPU and CUDA (torch 2.11 and 2.14: CPU
+        # bf16 -> bf16 output, fp16 -> fp16): input, hx and weights are cast to the autocast dtype, the parameters
+        # stay fp32 (their gradients too), and the dtype checks are skipped. Mirrored here by casting explicitly.
+        amp_dtype = autocast_dtype(input.device.type)
+        if amp_dtype is not None:
+            input = _amp_cast(input, amp_dtype)
         if hx is None:
             hx = torch.zeros(self.num_layers * num_directions, max_batch_size, self.hidden_size,
                              dtype=input.dtype, device=input.device)
+        elif amp_dtype is not None:
+            hx = _amp_cast(hx, amp_dtype)
         self.check_forward_args(input, hx, batch_sizes)
         # RuntimeError, the type nn.RNN raises for these (from its kernels, with less clear messages).
-        if hx.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
+        if hx.dtype != input.dtype and amp_dtype is None:
             raise RuntimeError(f"fused_rnn: hx dtype ({hx.dtype}) does not match input dtype ({input.dtype})")
         if hx.device != input.device:
             raise RuntimeError(
@@ -98,8 +137,7 @@ class RNN(nn.RNN):
 
         # -> canonical time-major x [T, B, I] and lengths [B] (or None)
         if batch_sizes is not None:
-            x, seq_lengths = pad_packed_sequence(
-                PackedSequence(input, batch_sizes, None, None), batch_first=False)
+            x, seq_lengths = _packed_to_padded(input, batch_sizes)
         else:
             x = input.transpose(0, 1) if self.batch_first else input
             seq_lengths = None
@@ -108,11 +146,16 @@ class RNN(nn.RNN):
         if x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-        output, h_n = self._run_layers(x, hx, seq_lengths)
+        if amp_dtype is None:
+            output, h_n = self._run_layers(x, hx, seq_lengths)
+        else:
+            # The casts are done; inside, every op runs in the compute dtype as written (no second cast).
+            with torch.autocast(x.device.type, enabled=False):
+                output, h_n = self._run_layers(x, hx, seq_lengths, amp_dtype)
 
         if batch_sizes is not None:
-            packed = pack_padded_sequence(output, seq_lengths, batch_first=False, enforce_sorted=True)
-            out = PackedSequence(packed.data, batch_sizes, sorted_indices, unsorted_indices)
+            out = PackedSequence(_padded_to_packed_data(output, seq_lengths), batch_sizes, sorted_indices,
+                                 unsorted_indices)
             return out, self.permute_hidden(h_n, unsorted_indices)
         if self.batch_first:
             output = output.transpose(0, 1).contiguous()
@@ -121,15 +164,22 @@ class RNN(nn.RNN):
             h_n = h_n.squeeze(1)
         return output, self.permute_hidden(h_n, unsorted_indices)
 
-    def _layer_weights(self, layer: int, direction: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    def _layer_weights(self, layer: int, direction: int, amp_dtype: torch.dtype | None = None
+                       ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """(w_ih [H, I or D·H], w_hh [H, H], b_ih [H] | None, b_hh [H] | None), cast to amp_dtype when given."""
         sfx = f"_l{layer}{'_reverse' if direction == 1 else ''}"
         w_ih = getattr(self, "weight_ih" + sfx)
         w_hh = getattr(self, "weight_hh" + sfx)
         b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
         b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
+        if amp_dtype is not None:
+            w_ih, w_hh = _amp_cast(w_ih, amp_dtype), _amp_cast(w_hh, amp_dtype)
+            b_ih = _amp_cast(b_ih, amp_dtype) if b_ih is not None else None
+            b_hh = _amp_cast(b_hh, amp_dtype) if b_hh is not None else None
         return w_ih, w_hh, b_ih, b_hh
 
-    def _run_layers(self, x: Tensor, hx: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _run_layers(self, x: Tensor, hx: Tensor, lengths: Tensor | None, amp_dtype: torch.dtype | None = None
+                    ) -> tuple[Tensor, Tensor]:
         """x [T, B, I], hx [L·D, B, H], lengths [B] | None -> (output [T, B, D·H], h_n [L·D, B, H])."""
         num_directions = 2 if self.bidirectional else 1
         if lengths is not None and lengths.device != x.device:
@@ -139,7 +189,7 @@ class RNN(nn.RNN):
         for layer in range(self.num_layers):
             outs = []
             for direction in range(num_directions):
-                w_ih, w_hh, b_ih, b_hh = self._layer_weights(layer, direction)
+                w_ih, w_hh, b_ih, b_hh = self._layer_weights(layer, direction, amp_dtype)
                 y, h = elman_layer(layer_input, hx[layer * num_directions + direction], w_ih, w_hh, b_ih, b_hh,
                                    lengths, direction == 1, self.nonlinearity, self.backend)
                 outs.append(y)
@@ -148,3 +198,119 @@ class RNN(nn.RNN):
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         return layer_input, torch.stack(h_n, 0)
+
+    def step(self, x_t: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One time step through every layer, for autoregressive decoding.
+
+        Args:
+            x_t: [B, I] the input at this step ([I] unbatched; ``batch_first`` does not apply -- there is no time
+                dimension).
+            hx: [num_layers, B, H] the state after the previous step ([num_layers, H] unbatched), or None (zeros).
+        Returns:
+            y_t: [B, H] the last layer's new state ([H] unbatched) -- what ``forward`` outputs at this step.
+            h_next: [num_layers, B, H] every layer's new state ([num_layers, H] unbatched); feed it back as ``hx``.
+
+        Equal to ``forward`` on a length-1 sequence (dropout between layers in training mode included), without the
+        sequence machinery: per layer ``h = f(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh)`` as two ``addmm`` plus the
+        activation, no backend call, no host synchronisation (the checks read shapes only), so a decoding loop can
+        be captured in a CUDA graph. Under torch.autocast it casts like ``forward``. Unidirectional modules only: a
+        reverse direction needs the whole sequence.
+        """
+        if self.bidirectional:
+            raise RuntimeError(
+                "fused_rnn: RNN.step needs a unidirectional module; a bidirectional RNN's reverse direction starts "
+                "from the end of the sequence, so it cannot be advanced one step at a time -- call forward instead")
+        if not isinstance(x_t, Tensor):
+            raise TypeError(f"fused_rnn: RNN.step expects x_t to be a Tensor, got {type(x_t).__name__}")
+        if x_t.dim() not in (1, 2):
+            raise ValueError(f"fused_rnn: RNN.step expects x_t of shape [B, I] or [I], got {tuple(x_t.shape)}")
+        if x_t.shape[-1] != self.input_size:
+            raise RuntimeError(
+                f"fused_rnn: RNN.step expects x_t.size(-1) == input_size ({self.input_size}), got {x_t.shape[-1]}")
+        batched = x_t.dim() == 2
+        x = x_t if batched else x_t.unsqueeze(0)
+        B = x.shape[0]
+        amp_dtype = autocast_dtype(x.device.type)
+        if amp_dtype is not None:
+            x = _amp_cast(x, amp_dtype)
+        if hx is None:
+            h = torch.zeros(self.num_layers, B, self.hidden_size, dtype=x.dtype, device=x.device)
+        else:
+            if not isinstance(hx, Tensor):
+                raise TypeError(f"fused_rnn: RNN.step expects hx to be a Tensor or None, got {type(hx).__name__}")
+            want = (self.num_layers, B, self.hidden_size) if batched else (self.num_layers, self.hidden_size)
+            if tuple(hx.shape) != want:
+                raise RuntimeError(f"fused_rnn: RNN.step expects hx of shape {list(want)} (num_layers, "
+                                   f"{'batch, ' if batched else ''}hidden_size), got {list(hx.shape)}")
+            h = hx if batched else hx.unsqueeze(1)
+            if amp_dtype is not None:
+                h = _amp_cast(h, amp_dtype)
+            if h.device != x.device:
+                raise RuntimeError(f"fused_rnn: hx is on {h.device} but x_t is on {x.device}; move both to one device")
+            if h.dtype != x.dtype:
+                raise RuntimeError(f"fused_rnn: hx dtype ({h.dtype}) does not match x_t dtype ({x.dtype})")
+        w_dtype = self.weight_ih_l0.dtype
+        if amp_dtype is None and x.dtype != w_dtype:
+            raise ValueError(f"fused_rnn: RNN.step x_t dtype ({x.dtype}) does not match weight dtype ({w_dtype}); "
+                             f"convert x_t.to({w_dtype}) or the model .to({x.dtype})")
+        if amp_dtype is None:
+            return self._step_layers(x, h, batched, None)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._step_layers(x, h, batched, amp_dtype)
+
+    def _step_layers(self, x: Tensor, h: Tensor, batched: bool, amp_dtype: torch.dtype | None
+                     ) -> tuple[Tensor, Tensor]:
+        """x [B, I], h [L, B, H] -> (y [B, H] or [H], h_next [L, B, H] or [L, H]); see ``step``."""
+        # Accumulate in fp32 for fp16/bf16 storage (as every backend does) and round the new state to the storage
+        # dtype, so a decoding loop computes the same function as forward.
+        acc = compute_dtype(x.dtype)
+        f = torch.tanh if self.nonlinearity == "tanh" else torch.relu
+        layer_input = x
+        states = []
+        for layer in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = self._layer_weights(layer, 0, amp_dtype)
+            xin, h_prev = layer_input.to(acc), h[layer].to(acc)
+            if b_ih is not None and b_hh is not None:
+                a = torch.addmm((b_ih.to(acc) + b_hh.to(acc)).expand(xin.shape[0], -1), xin, w_ih.to(acc).t())
+            else:
+                a = torch.mm(xin, w_ih.to(acc).t())
+            a = torch.addmm(a, h_prev, w_hh.to(acc).t())
+            h_new = f(a).to(x.dtype)
+            states.append(h_new)
+            layer_input = h_new
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        h_next = torch.stack(states, 0)
+        y = states[-1]
+        if not batched:
+            return y.squeeze(0), h_next.squeeze(1)
+        return y, h_next
+
+
+# (Un)packing reads batch_sizes on the host, so torch.compile cannot trace it: torch 2.14's Dynamo skips
+# pad_packed_sequence (a graph break), torch 2.11's traces into it and fails on fake tensors. Running both
+# conversions eagerly gives the same graph break on every version (fullgraph=False for PackedSequence input).
+@torch.compiler.disable
+def _packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor]:
+    """PackedSequence data [N, I] + batch_sizes [T] (sorted order) -> (x [T, B, I] zero-padded, lengths [B] int64)."""
+    return pad_packed_sequence(PackedSequence(data, batch_sizes, None, None), batch_first=False)
+
+
+@torch.compiler.disable
+def _padded_to_packed_data(output: Tensor, lengths: Tensor) -> Tensor:
+    """output [T, B, D·H] in sorted order, lengths [B] -> packed data [N, D·H] (the inverse of _packed_to_padded)."""
+    return pack_padded_sequence(output, lengths, batch_first=False, enforce_sorted=True).data
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast compute dtype for tensors of ``device_type`` when autocast is on there, else None."""
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def _amp_cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """Autocast's own eligibility rule: floating-point tensors except fp64 go to ``dtype``; others unchanged. [*]"""
+    if t.is_floating_point() and t.dtype != torch.float64 and t.dtype != dtype:
+        return t.to(dtype)
+    return t

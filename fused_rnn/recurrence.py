@@ -50,6 +50,11 @@ class ElmanRecurrence(torch.autograd.Function):
         ctx.backend = backend
         ctx.tier = tier
         ctx.allow_tf32 = allow_tf32
+        if torch.compiler.is_compiling():
+            # torch 2.11's Dynamo mis-traces this Function's backward when h_n is returned as produced by the
+            # reference backend's loop: the gradient through h_n came out wrong (dP off by 5.3, fp64, T=5 B=3 H=4;
+            # torch 2.14.1 correct; 2026-11-27). A fresh copy [B, H] per layer-direction fixes it; eager skips it.
+            h_n = h_n.clone()
         return Y, h_n
 
     @staticmethod

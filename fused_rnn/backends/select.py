@@ -99,7 +99,40 @@ def _auto(device: torch.device) -> str:
 
 
 def resolve(backend: str, device: torch.device, H: int, B: int, dtype: torch.dtype) -> Choice:
-    """Pick (backend, tier) for one layer-direction call; raises a clear error for an unusable request."""
+    """Pick (backend, tier) for one layer-direction call; raises a clear error for an unusable request.
+
+    Under torch.compile the environment and availability part (``_resolve_name``) runs once, at trace time, and its
+    result is a constant of the graph: FUSED_RNN_BACKEND / FUSED_RNN_*_TIER changed after the first compile take
+    effect after ``torch._dynamo.reset()`` (or in a new process), not in the compiled module. Backends with no tiers
+    never look at H or B, so a dynamic batch or sequence size does not recompile for them. H, B: ints, or SymInts
+    while torch.compile traces with dynamic shapes.
+    """
+    name, forced, auto, multi_tier = _resolve_name(backend, device.type)
+    if forced:
+        return Choice(name, forced)
+    if not multi_tier:
+        return Choice(name, "")
+    # Traced by Dynamo under torch.compile (not a trace-time constant like _resolve_name: H and B may be symbolic,
+    # and a constant's arguments cannot be). Each comparison the heuristic makes on B becomes a guard, so a batch size
+    # on its other side recompiles. Heuristics must stay traceable: plain Python over H, B, dtype (checked for the
+    # CUDA one, compiled-tier query included, on CPU with dynamic H and B: torch 2.14.1, 2026-11-27).
+    tier = backend_module(name).pick_tier(H, B, dtype, device)
+    if auto and device.type == "cuda" and name in GPU_VERIFIED and tier not in GPU_VERIFIED[name]:
+        # auto runs only GPU-verified tiers; take the first verified one, else the reference.
+        tier = GPU_VERIFIED[name][0] if GPU_VERIFIED[name] else ""
+        if not tier:
+            return Choice("reference", "")
+    return Choice(name, tier)
+
+
+@torch.compiler.assume_constant_result
+def _resolve_name(backend: str, device_type: str) -> tuple[str, str, bool, bool]:
+    """(backend name, forced tier or "", whether it came from "auto", whether the backend has several tiers).
+
+    Reads FUSED_RNN_BACKEND / FUSED_RNN_*_TIER and the backends' availability. Dynamo calls it at trace time and
+    bakes the result into the graph (it cannot trace importlib or the dispatcher queries behind ``available()``).
+    """
+    device = torch.device(device_type)
     name = backend
     if name == "auto":
         name = os.environ.get("FUSED_RNN_BACKEND", "auto") or "auto"
@@ -111,14 +144,7 @@ def resolve(backend: str, device: torch.device, H: int, B: int, dtype: torch.dty
         name = _auto(device)
     mod = _check_usable(name, device)
     forced = os.environ.get(_TIER_ENV.get(name, ""), "") if name in _TIER_ENV else ""
-    if forced:
-        if forced not in mod.TIERS:
-            raise ValueError(f"fused_rnn: {_TIER_ENV[name]}={forced!r} is not a tier of {name!r}: {mod.TIERS}")
-        return Choice(name, forced)
-    tier = mod.pick_tier(H, B, dtype, device)
-    if auto and device.type == "cuda" and name in GPU_VERIFIED and tier not in GPU_VERIFIED[name]:
-        # auto runs only GPU-verified tiers; take the first verified one, else the reference.
-        tier = GPU_VERIFIED[name][0] if GPU_VERIFIED[name] else ""
-        if not tier:
-            return Choice("reference", "")
-    return Choice(name, tier)
+    if forced and forced not in mod.TIERS:
+        raise ValueError(f"fused_rnn: {_TIER_ENV[name]}={forced!r} is not a tier of {name!r}: {mod.TIERS}")
+    return name, forced, auto, tuple(mod.TIERS) != ("",)
+
