@@ -19,13 +19,15 @@ from . import fake  # noqa: F401  (registers the ops' fake implementations)
 
 BACKEND_NAMES: tuple[str, ...] = ("reference", "cpu", "cuda", "triton")
 
-# Tiers that have passed `make gpu-check` on a real GPU, in order of preference, with the report that shows it.
-# Nothing here until a report under bench/results/ says so (README status table).
+# Tiers that have passed on a real GPU, with the report that shows it (README status table). `auto` uses them only
+# on GPUs of the compute capabilities they passed on: the kernels were proven on an H200 (sm_90), not elsewhere.
+# `batch_tiled` and every Triton tier have not run on a GPU yet: forced only.
 GPU_VERIFIED: dict[str, tuple[str, ...]] = {
-    "cuda": (),
+    "cuda": ("cluster", "persistent", "fallback"),
     "triton": (),
 }
-GPU_VERIFIED_REPORT: str = ""
+GPU_VERIFIED_CAPABILITY: tuple[tuple[int, int], ...] = ((9, 0),)
+GPU_VERIFIED_REPORT: str = "bench/results/H200-2026-11-27.md"
 
 _TIER_ENV = {"cuda": "FUSED_RNN_CUDA_TIER", "triton": "FUSED_RNN_TRITON_TIER"}
 
@@ -81,8 +83,17 @@ def _check_usable(name: str, device: torch.device) -> ModuleType:
     return mod
 
 
+def _verified_device(device: torch.device) -> bool:
+    try:
+        return tuple(torch.cuda.get_device_capability(device)) in GPU_VERIFIED_CAPABILITY
+    except Exception:  # no driver
+        return False
+
+
 def _auto(device: torch.device) -> str:
     if device.type == "cuda":
+        if not _verified_device(device):
+            return "reference"
         for name in ("cuda", "triton"):
             if GPU_VERIFIED.get(name):
                 try:
@@ -118,8 +129,9 @@ def resolve(backend: str, device: torch.device, H: int, B: int, dtype: torch.dty
     # CUDA one, compiled-tier query included, on CPU with dynamic H and B: torch 2.14.1, 2026-11-27).
     tier = backend_module(name).pick_tier(H, B, dtype, device)
     if auto and device.type == "cuda" and name in GPU_VERIFIED and tier not in GPU_VERIFIED[name]:
-        # auto runs only GPU-verified tiers; take the first verified one, else the reference.
-        tier = GPU_VERIFIED[name][0] if GPU_VERIFIED[name] else ""
+        # auto runs only GPU-verified tiers: the always-correct fallback when verified, else the first verified one.
+        verified = GPU_VERIFIED[name]
+        tier = "fallback" if "fallback" in verified else (verified[0] if verified else "")
         if not tier:
             return Choice("reference", "")
     return Choice(name, tier)
