@@ -20,22 +20,15 @@ import sys
 
 import pytest
 import torch
+from cuda_common import FLOOR, needs_cuda_build, needs_gpu  # tests/cuda_common.py
 
 import fused_rnn
-from fused_rnn import _ext
 from fused_rnn.backends import cuda as cuda_backend
 from fused_rnn.backends import cuda_heuristic, select
 from fused_rnn.backends import reference as ref
 
 TIERS = ("batch_tiled", "persistent", "cluster", "fallback")
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-# Floors of the tolerance rule, relative to max(1, max |oracle|): a few units of the dtype's rounding of h_t.
-FLOOR = {torch.float64: 1e-11, torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
-
-needs_cuda_build = pytest.mark.skipif(not _ext.built_with_cuda(), reason="extension built without CUDA kernels")
-needs_gpu = pytest.mark.skipif(
-    not (_ext.built_with_cuda() and torch.cuda.is_available()), reason="needs a CUDA device and the CUDA build")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Build checks (no GPU needed; CI builds with CUDA)
