@@ -149,8 +149,8 @@ def capture(reverse: bool) -> _Tag | None:
 
 
 def set_site(layer: int, direction: int) -> None:
-    """For RNN._run_layers: name the next recurrence (no-op when not recording)."""
-    if _ACTIVE is not None:
+    """For RNN._run_layers: name the next recurrence (no-op when not recording, and under torch.compile)."""
+    if _ACTIVE is not None and not torch.compiler.is_compiling():
         _ACTIVE.set_site(layer, direction)
 
 

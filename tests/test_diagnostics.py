@@ -143,6 +143,21 @@ def test_nested_blocks_record_innermost_and_restore():
     assert len(inner.entries) == 1 and len(outer.entries) == 1
 
 
+def test_compiled_module_records_nothing_and_still_runs():
+    """Under torch.compile(fullgraph=True) recording is off by design (module docstring); it must not break the
+    trace, and the gradients equal eager's."""
+    rnn = fused_rnn.RNN(3, 4, bidirectional=True).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    compiled = torch.compile(rnn, fullgraph=True, backend="eager")
+    with diagnostics.record_bptt() as rec:
+        compiled(x)[0].sum().backward()
+    assert rec.entries == []
+    g = rnn.weight_hh_l0.grad.clone()
+    rnn.zero_grad()
+    rnn(x)[0].sum().backward()
+    torch.testing.assert_close(rnn.weight_hh_l0.grad, g)
+
+
 def test_plot_grad_norms_writes_png(tmp_path):  # matplotlib: a dev requirement (requirements-dev.txt)
     path = diagnostics.plot_grad_norms({"a": torch.tensor([1.0, 0.5, 0.0, 0.1]), "b": [2.0, 1.0]},
                                        str(tmp_path / "g.png"))
