@@ -7,7 +7,7 @@ examples/data/pride_and_prejudice_ch1.txt. Training reads random windows (teache
 ``forward`` call); generation primes the state with ``forward`` on a prompt, then samples one character at a time with
 ``RNN.step(x_t [1, E], hx [L, 1, H])``.
 
-    python examples/char_lm.py            # ~35 s on a 2-core CPU; prints loss (bits per character) and a sample
+    python examples/char_lm.py            # ~25 s on a quiet 2-core CPU; prints loss (bits per character) and a sample
     python examples/char_lm.py --smoke    # tiny, a few seconds (what tests/test_examples.py runs)
 """
 

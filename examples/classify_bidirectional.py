@@ -5,7 +5,7 @@ Each sequence is a run of random tokens of random length; its label is decided b
 reverse direction of a bidirectional RNN reads it last, so its final state h_n holds it. The classifier reads
 [h_n forward ; h_n reverse] of the top layer. Variable lengths go in as padded input with ``lengths=``.
 
-    python examples/classify_bidirectional.py            # ~30 s on a 2-core CPU
+    python examples/classify_bidirectional.py            # ~12 s on a quiet 2-core CPU (~45 s busy)
     python examples/classify_bidirectional.py --smoke    # tiny, a few seconds (what tests/test_examples.py runs)
 """
 

@@ -5,7 +5,7 @@ word. Some words are ambiguous -- "run", "walk", "fish" are nouns or verbs, "fas
 their tag is only decided by context on both sides: "the fish" vs "cats fish in ...". A bidirectional RNN reads
 both sides and tags every step; the loss is cross-entropy over valid (unpadded) steps only.
 
-    python examples/pos_tagging.py            # ~10 s on a 2-core CPU
+    python examples/pos_tagging.py            # ~6 s on a quiet 2-core CPU (~25 s busy)
     python examples/pos_tagging.py --smoke    # tiny, a few seconds (what tests/test_examples.py runs)
 """
 

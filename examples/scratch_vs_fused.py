@@ -10,7 +10,7 @@ parameters: ``weight_ih_l0 = i2h.weight``, ``bias_ih_l0 = 0``, ``weight_hh_l0 = 
 2. the same training run (same init, same batches): equal, falling losses,
 3. the speed difference, forward and forward+backward (and torch.nn.RNN for reference).
 
-    python examples/scratch_vs_fused.py            # ~10 s on a 2-core CPU
+    python examples/scratch_vs_fused.py            # ~8 s on a 2-core CPU
     python examples/scratch_vs_fused.py --smoke    # tiny, a few seconds (what tests/test_examples.py runs)
 """
 

@@ -12,7 +12,7 @@ the input d steps before the end, read from the last state (MSE; predicting 0 sc
 carries x_{T-d} into the loss has travelled d - 1 steps back: for small d the loss falls, for d = T it cannot, because
 that gradient has vanished (see the curve).
 
-    python examples/vanishing_gradients.py            # ~20 s on a 2-core CPU -> examples/out/vanishing_gradients.png
+    python examples/vanishing_gradients.py            # ~16 s on a 2-core CPU -> examples/out/vanishing_gradients.png
     python examples/vanishing_gradients.py --smoke    # tiny (what tests/test_examples.py runs)
 """
 

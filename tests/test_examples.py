@@ -35,8 +35,9 @@ def _quiet(*args: object) -> None:
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """One intra-op thread for the tiny sizes: on this 2-core machine shared with other jobs, the classification
-    smoke run took 6.3 s with 2 threads and 0.24 s with 1 (2026-11-27) -- the threads wait for a busy core."""
+    """One intra-op thread for the tiny sizes: on a 2-core machine shared with other jobs (load average ≈ 3) the
+    classification smoke run took 6.3 s with 2 threads and 0.24 s with 1 -- the second thread waits for a busy
+    core; quiet, both took 0.1 s (2026-11-27). Tiny shapes gain nothing from a second thread."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
