@@ -21,6 +21,8 @@ differs from their internal one by dA's rounding to the storage dtype.
 Cost: when no ``record_bptt`` block is open, one ``is None`` check per layer-direction in forward and backward.
 When recording, one extra [T·B, H] × [H, H] GEMM (the size of the dW_hh GEMM) and two norm reductions per
 layer-direction in the backward; the results stay on the device (no host synchronisation) until you read them.
+Measured: forward+backward +5% at T=256, B=16, H=128, 2 layers, bidirectional (44 -> 46 ms) and +10% at T=100,
+B=32, H=64 (9.8 -> 10.7 ms), cpu backend, 2-core CPU, best of 3 medians, run-to-run noise ~10% (2026-11-27).
 
 Scope: what runs through ``ElmanRecurrence`` -- ``fused_rnn.RNN.forward``, ``elman_layer``, ``recurrence``.
 ``RNN.step`` has no recurrence node and records nothing. Eager mode only: under ``torch.compile`` nothing is
