@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from . import diagnostics as _diag
 from .backends.select import BACKEND_NAMES
 from .functional import check_lengths, elman_layer
 from .precision import compute_dtype
@@ -190,6 +191,8 @@ class RNN(nn.RNNBase):
             outs = []
             for direction in range(num_directions):
                 w_ih, w_hh, b_ih, b_hh = self._layer_weights(layer, direction, amp_dtype)
+                if _diag._ACTIVE is not None:  # BPTT diagnostics hook: names this recurrence (layer, direction)
+                    _diag.set_site(layer, direction)
                 y, h = elman_layer(layer_input, hx[layer * num_directions + direction], w_ih, w_hh, b_ih, b_hh,
                                    lengths, direction == 1, self.nonlinearity, self.backend)
                 outs.append(y)

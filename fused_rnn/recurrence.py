@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import diagnostics as _diag
 from .backends.select import backend_module
 
 
@@ -50,6 +51,8 @@ class ElmanRecurrence(torch.autograd.Function):
         ctx.backend = backend
         ctx.tier = tier
         ctx.allow_tf32 = allow_tf32
+        # BPTT diagnostics hook (fused_rnn.diagnostics.record_bptt): a flag check when off, a tag when recording.
+        ctx.bptt = None if _diag._ACTIVE is None else _diag.capture(reverse)
         if torch.compiler.is_compiling():
             # torch 2.11's Dynamo mis-traces this Function's backward when h_n is returned as produced by the
             # reference backend's loop: the gradient through h_n came out wrong (dP off by 5.3, fp64, T=5 B=3 H=4;
@@ -110,6 +113,8 @@ def _backward(ctx, dY: Tensor, dh_n: Tensor) -> tuple:
     if ctx.needs_input_grad[2]:
         S = predecessor_states(Y, h0, lengths, ctx.reverse)
         dw_hh = dA.reshape(T * B, H).t().mm(S.reshape(T * B, H)) if B > 0 else torch.zeros_like(w_hh)
+    if getattr(ctx, "bptt", None) is not None:  # BPTT diagnostics hook: per-step norms of dA and of g = ∂L/∂h_t
+        ctx.bptt.record(dA, dY, dh_n, w_hh, lengths, ctx.reverse)
     return dA, dh0, dw_hh, None, None, None, None, None, None
 
 
