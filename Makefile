@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PYTEST_ARGS ?=
 
-.PHONY: test bench setup lint gpu-check gpu-test-full clean
+.PHONY: test bench examples setup lint gpu-check gpu-test-full clean
 
 setup:
 	@scripts/setup_env.sh >/dev/null
@@ -12,6 +12,9 @@ test:
 
 bench:
 	@PY=$$(scripts/setup_env.sh) && $$PY -m bench --preset quick $(BENCH_ARGS)
+
+examples:
+	@PY=$$(scripts/setup_env.sh) && for f in examples/*.py; do echo "== $$f"; $$PY $$f --smoke || exit 1; done
 
 lint:
 	@PY=$$(scripts/setup_env.sh) && ($$PY -m ruff --version >/dev/null 2>&1 || $$PY -m pip install -q ruff) && $$PY -m ruff check .
