@@ -62,12 +62,21 @@ s2() {
   MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} NVCC_THREADS=${NVCC_THREADS:-2} \
     $PY setup.py build_ext --inplace 2>&1 | grep -vE '^(copying|creating|running) ' | tail -n 40
   $PY -c "import torch, fused_rnn._ext as e; print('built; CUDA tiers:', e.cuda_tiers(), 'backends:', \
-      __import__('fused_rnn').available_backends())"
+      __import__('fused_rnn').available_backends()); assert e.built_with_cuda(), 'built without CUDA kernels'"
 }
 
 s3() { $PY -m pytest -q -x -m "not gpu and not slow" --timeout=120 -p no:cacheprovider ${GPU_CHECK_CPU_TESTS:-tests/test_module.py tests/test_cpu_backend.py tests/test_cuda.py}; }
 
-s4() { $PY -m pytest -q -m gpu_quick --timeout=120 -p no:cacheprovider -rfE tests; }
+s4() {
+  # On a GPU machine a skipped gpu_quick test is a failure of the check (it would hide an untested tier).
+  local log; log=$(mktemp)
+  $PY -m pytest -q -m gpu_quick --timeout=120 -p no:cacheprovider -rfEs tests 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && grep -qE "[0-9]+ skipped" "$log"; then
+    echo "gpu_quick tests were skipped on a machine with a GPU: failing the stage"; rc=1
+  fi
+  rm -f "$log"; return $rc
+}
 
 s5() {
   if ! command -v compute-sanitizer >/dev/null; then echo "compute-sanitizer not installed: stage not run"; return 0; fi
