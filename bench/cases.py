@@ -19,7 +19,8 @@ Presets (the GPU subset is a choice, documented here and in bench/README.md):
   gpu    fits the 60 s stage of `make gpu-check` on an H100: T=1024, a representative subset of the full grid:
          bf16 forward over every B for H=256 and H=1024 (the speedup-vs-batch plot), fp32 IEEE and TF32 at
          B ∈ {1, 16, 64} for H ∈ {256, 1024}, fp16 at two shapes, H=512 and H=2048 at a few B, fwd+bwd at B=16
-         only (bf16, fp32-tf32), one 2-layer bidirectional case, and a T=32 case for the reference loop and
+         only (bf16, fp32-tf32), a 2-layer bidirectional case and a B=1 bidirectional one (each CUDA/Triton tier
+         also with the directions on two streams, "+streams"), and a T=32 case for the reference loop and
          torch.compile. Cases run in that order of importance and a 45 s budget drops the tail (noted in the report).
   full   the whole grid: B ∈ {1, 8, 16, 64, 256} × H ∈ {256, 512, 1024, 2048} × T=1024 × {fp32, fp32-tf32, fp16,
          bf16} × {fwd, fwd+bwd}, plus 2-layer bidirectional at every H (B=16). On the CPU: the quick shapes and a few
@@ -146,6 +147,8 @@ def _gpu(device: str) -> list[Case]:
         Case(T=T, B=16, H=512, dtype="fp16", modes=fwd),
         Case(T=T, B=64, H=2048, dtype="fp16", modes=fwd),
         Case(T=T, B=16, H=512, layers=2, bidirectional=True, dtype="bf16"),
+        # where the second stream should pay most: one 16-CTA cluster per direction leaves most SMs idle
+        Case(T=T, B=1, H=1024, bidirectional=True, dtype="bf16"),
     ]
     # 5. the reference loop and torch.compile, at a T where they are not absurdly slow.
     cases.append(Case(T=32, B=16, H=256, dtype="fp32", modes=("fwd",), compile=True, tags=("compile",)))

@@ -11,6 +11,9 @@
   compile(reference)   torch.compile of the reference module, only for cases with ``compile=True`` (short T: the
                        Python loop is unrolled, compile time grows with T); compile time is reported apart.
   flashrnn             NX-AI FlashRNN's Elman kernel, only with --with-flashrnn and when ``import flashrnn`` works.
+  <tier>+streams       on CUDA, a twin of every cuda/triton tier for bidirectional cases only: the two directions of
+                       each layer on two streams (FUSED_RNN_CONCURRENT_DIRECTIONS=1, fused_rnn/concurrency.py); every
+                       other provider runs with it off, so the pair shows what the second stream buys.
 
 An unavailable backend or tier is skipped with a note (the reason its ``available()`` gives), never a crash.
 """
@@ -30,6 +33,7 @@ from torch import Tensor, nn
 from .cases import Case
 
 TIER_ENV: dict[str, str] = {"cuda": "FUSED_RNN_CUDA_TIER", "triton": "FUSED_RNN_TRITON_TIER"}
+STREAMS_ENV = "FUSED_RNN_CONCURRENT_DIRECTIONS"  # fused_rnn.concurrency.ENV (not imported: bench loads torch lazily)
 FUSED_BACKENDS: tuple[str, ...] = ("cpu", "cuda", "triton")
 # Names --backends accepts besides "<backend>" and "<backend>:<tier>".
 EXTRA_NAMES: tuple[str, ...] = ("nn.RNN", "reference", "compile", "flashrnn")
@@ -43,12 +47,14 @@ class Provider:
     kind: "baseline" | "reference" | "fused" | "compile" | "external".
     backend: fused_rnn backend name (None for nn.RNN / flashrnn).
     tier: forced tier ("" = the backend's own choice; it has no tiers).
+    streams: run a bidirectional layer's directions on two CUDA streams (bidirectional cases only).
     """
 
     name: str
     kind: str
     backend: str | None = None
     tier: str = ""
+    streams: bool = False
 
     def applicable(self, case: Case, reference_max_steps: int) -> tuple[bool, str]:
         """Whether this provider runs on ``case``; (False, why) otherwise."""
@@ -59,6 +65,8 @@ class Provider:
             return False, "torch.compile only at the short-T compile cases"
         if self.kind == "external" and (case.layers > 1 or case.bidirectional):
             return False, "flashrnn has no layers or bidirectional"
+        if self.streams and not case.bidirectional:
+            return False, "two streams only for bidirectional cases"
         return True, ""
 
     def build(self, state_dict: dict[str, Tensor], case: Case, device: torch.device) -> nn.Module:
@@ -91,11 +99,13 @@ class Provider:
         """Force this provider's tier (and only it) for the duration; restore the caller's environment after."""
         saved = {v: os.environ.get(v) for v in TIER_ENV.values()}
         saved["FUSED_RNN_BACKEND"] = os.environ.get("FUSED_RNN_BACKEND")
+        saved[STREAMS_ENV] = os.environ.get(STREAMS_ENV)
         try:
             for var in saved:
                 os.environ.pop(var, None)
             if self.backend in TIER_ENV and self.tier:
                 os.environ[TIER_ENV[self.backend]] = self.tier
+            os.environ[STREAMS_ENV] = "1" if self.streams else "0"
             yield
         finally:
             for var, val in saved.items():
@@ -106,7 +116,7 @@ class Provider:
 
     def heuristic_tier(self, case: Case, device: torch.device) -> str | None:
         """The tier the backend's own heuristic picks for this case (None when it has no tiers or cannot say)."""
-        if self.kind != "fused" or not self.tier:
+        if self.kind != "fused" or not self.tier or self.streams:
             return None
         try:
             from fused_rnn.backends.select import backend_module
@@ -211,6 +221,8 @@ def discover(device: torch.device, wanted: list[str] | None, with_flashrnn: bool
             pname = f"{name}:{tier}" if tier else name
             if keep(pname, name):
                 providers.append(Provider(pname, "fused", backend=name, tier=tier))
+            if device.type == "cuda" and name in TIER_ENV and keep(pname + "+streams", name):
+                providers.append(Provider(pname + "+streams", "fused", backend=name, tier=tier, streams=True))
     if keep("compile"):
         providers.append(Provider("compile(reference)", "compile", backend="reference"))
     if with_flashrnn:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from . import concurrency as _conc
 from . import diagnostics as _diag
 from .backends.select import BACKEND_NAMES
 from .functional import check_lengths, elman_layer
@@ -185,19 +186,28 @@ class RNN(nn.RNNBase):
         num_directions = 2 if self.bidirectional else 1
         if lengths is not None and lengths.device != x.device:
             lengths = lengths.to(x.device, non_blocking=True)  # moved once for all layers
+        # Bidirectional on CUDA: the reverse direction may run on a second stream beside the forward one
+        # (fused_rnn/concurrency.py: why, the fork/join, and when it is on).
+        concurrent = _conc.enabled(x.device, num_directions)
         h_n = []
         layer_input = x
         for layer in range(self.num_layers):
-            outs = []
-            for direction in range(num_directions):
+
+            def run(direction: int, layer: int = layer, layer_input: Tensor = layer_input) -> tuple[Tensor, Tensor]:
                 w_ih, w_hh, b_ih, b_hh = self._layer_weights(layer, direction, amp_dtype)
                 if _diag._ACTIVE is not None:  # BPTT diagnostics hook: names this recurrence (layer, direction)
                     _diag.set_site(layer, direction)
-                y, h = elman_layer(layer_input, hx[layer * num_directions + direction], w_ih, w_hh, b_ih, b_hh,
+                return elman_layer(layer_input, hx[layer * num_directions + direction], w_ih, w_hh, b_ih, b_hh,
                                    lengths, direction == 1, self.nonlinearity, self.backend)
-                outs.append(y)
+
+            if num_directions == 1:
+                y, h = run(0)
                 h_n.append(h)
-            layer_input = outs[0] if num_directions == 1 else torch.cat(outs, dim=2)
+                layer_input = y
+            else:
+                (y, h), (y_rev, h_rev) = _conc.run_pair(x.device, concurrent, lambda: run(0), lambda: run(1))
+                h_n += [h, h_rev]
+                layer_input = torch.cat((y, y_rev), dim=2)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         return layer_input, torch.stack(h_n, 0)

@@ -65,7 +65,7 @@ s2() {
       __import__('fused_rnn').available_backends()); assert e.built_with_cuda(), 'built without CUDA kernels'"
 }
 
-s3() { $PY -m pytest -q -x -m "not gpu and not slow" --timeout=120 -p no:cacheprovider ${GPU_CHECK_CPU_TESTS:-tests/test_module.py tests/test_cpu_backend.py tests/test_cuda.py}; }
+s3() { $PY -m pytest -q -x -m "not gpu and not slow" --timeout=120 -p no:cacheprovider ${GPU_CHECK_CPU_TESTS:-tests/test_module.py tests/test_cpu_backend.py tests/test_cuda.py tests/test_concurrency.py}; }
 
 s4() {
   # On a GPU machine a skipped gpu_quick test is a failure of the check (it would hide an untested tier).

@@ -309,6 +309,36 @@ def test_tiers_are_forced_one_by_one_and_the_heuristic_pick_is_marked(monkeypatc
     assert os.environ["FUSED_RNN_CUDA_TIER"] == "t_one"
 
 
+def test_streams_twins_only_on_cuda_and_only_for_bidirectional_cases(monkeypatch):
+    """A `<tier>+streams` twin per tier on a CUDA device (none on the CPU); it runs only bidirectional cases, with
+    FUSED_RNN_CONCURRENT_DIRECTIONS=1, and every other provider runs with it 0; the caller's value is restored."""
+    from fused_rnn.backends import select
+
+    fake = _fake_tiered_backend([])
+    real_module = select._module
+    monkeypatch.setattr(select, "_module", lambda name: fake if name == "cuda" else real_module(name))
+    monkeypatch.setenv("FUSED_RNN_CONCURRENT_DIRECTIONS", "auto")
+    fake.supports_device = lambda device: True  # pretend the fake tiers run on a CUDA device
+    provs, _ = discover(torch.device("cuda"), ["cuda"], with_flashrnn=False)
+    assert [p.name for p in provs] == ["nn.RNN", "cuda:t_one", "cuda:t_one+streams", "cuda:t_two",
+                                       "cuda:t_two+streams"]
+    cpu_provs, _ = discover(torch.device("cpu"), ["cuda"], with_flashrnn=False)
+    assert not any(p.streams for p in cpu_provs)
+
+    twin = next(p for p in provs if p.name == "cuda:t_one+streams")
+    plain = next(p for p in provs if p.name == "cuda:t_one")
+    assert twin.applicable(Case(T=3, B=2, H=4, layers=1, bidirectional=True), 10**6) == (True, "")
+    ok, why = twin.applicable(Case(T=3, B=2, H=4), 10**6)
+    assert not ok and "bidirectional" in why
+    assert plain.applicable(Case(T=3, B=2, H=4), 10**6)[0]
+    for p, want in ((twin, "1"), (plain, "0")):
+        with p.environment():
+            assert os.environ["FUSED_RNN_CONCURRENT_DIRECTIONS"] == want
+            assert os.environ["FUSED_RNN_CUDA_TIER"] == "t_one"
+    assert os.environ["FUSED_RNN_CONCURRENT_DIRECTIONS"] == "auto"
+    assert twin.heuristic_tier(Case(T=3, B=2, H=4, bidirectional=True), torch.device("cpu")) is None
+
+
 def test_precision_sets_both_tf32_flags_and_restores_them():
     from bench.runner import precision, tf32_flags
 

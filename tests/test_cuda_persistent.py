@@ -204,6 +204,7 @@ def test_runs_while_another_stream_is_busy(tier: str) -> None:
     dev = torch.device("cuda")
     a = torch.randn(4096, 4096, device=dev)
     side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())  # `a` is written on the current stream
     with torch.cuda.stream(side):
         for _ in range(40):  # tens of ms of full-GPU work queued ahead of and alongside the recurrence
             a = torch.tanh(a @ a * 1e-2)

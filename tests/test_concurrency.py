@@ -1,0 +1,288 @@
+"""Bidirectional layers with the two directions on two CUDA streams (fused_rnn/concurrency.py).
+
+On the CPU: the setting's parsing, when it is on, and -- with recording stand-ins for the stream primitives -- the
+order the module enqueues work in (fork before the reverse direction, the reverse inside the side stream, join after
+both, the side outputs recorded on the main stream), with results and gradients equal to nn.RNN through that path.
+On a GPU (`-m gpu_quick`, run by `make gpu-check`): concurrent vs one-after-the-other for every CUDA tier and the
+Triton tiers, from a non-default caller stream, while another stream keeps the GPU busy, and under CUDA-graph capture.
+Shapes: T time, B batch, I input, H hidden.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from cuda_common import FLOOR, needs_gpu  # tests/cuda_common.py
+
+import fused_rnn
+import fused_rnn.modules as modules
+from fused_rnn import concurrency as conc
+
+ENV = conc.ENV
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the setting (CPU)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "want"), [("1", "1"), ("on", "1"), ("TRUE", "1"), ("0", "0"), ("off", "0"),
+                                             ("auto", "auto"), ("", "auto"), (" Auto ", "auto")],
+                         ids=["1", "on", "TRUE", "0", "off", "auto", "empty", "spaced"])
+def test_setting_parses(value: str, want: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, value)
+    assert conc.setting() == want
+
+
+def test_setting_unset_is_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV, raising=False)
+    assert conc.setting() == "auto"
+
+
+@pytest.mark.parametrize("value", ["2", "yes please", "streams"])
+def test_setting_rejects_other_values(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, value)
+    with pytest.raises(ValueError, match=ENV):
+        conc.setting()
+
+
+def test_bad_setting_reaches_the_user_of_a_bidirectional_cuda_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in the variable is an error, not silently 'off' -- checked before any CUDA work (no GPU needed)."""
+    monkeypatch.setenv(ENV, "maybe")
+    with pytest.raises(ValueError, match=ENV):
+        conc.enabled(torch.device("cuda"), 2)
+
+
+@pytest.mark.parametrize(("device", "dirs", "value", "want"), [
+    ("cpu", 2, "1", False),       # CPU tensors: never (one stream of host work)
+    ("cuda", 1, "1", False),      # unidirectional: nothing to overlap
+    ("cuda", 2, "1", True),       # forced on
+    ("cuda", 2, "0", False),      # forced off
+    ("cuda", 2, "auto", False),   # auto: not GPU-verified yet (VERIFIED is False), so off
+], ids=["cpu", "one-direction", "forced-on", "forced-off", "auto-unverified"])
+def test_enabled(device: str, dirs: int, value: str, want: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, value)
+    monkeypatch.setattr(conc, "VERIFIED", False)
+    assert conc.enabled(torch.device(device), dirs) is want
+
+
+@pytest.mark.parametrize(("verified_device", "want"), [(True, True), (False, False)], ids=["sm90", "other-gpu"])
+def test_auto_follows_the_verified_list(verified_device: bool, want: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once VERIFIED is set (with a committed GPU report), auto turns it on, but only on verified GPUs."""
+    from fused_rnn.backends import select
+
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(conc, "VERIFIED", True)
+    monkeypatch.setattr(select, "_verified_device", lambda d: verified_device)
+    assert conc.enabled(torch.device("cuda"), 2) is want
+
+
+def test_not_under_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, "1")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert conc.enabled(torch.device("cuda"), 2) is False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the module's concurrent path, with recording stand-ins for the streams (CPU)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _FakeStream:
+    def __init__(self, name: str, log: list) -> None:
+        self.name, self.log = name, log
+
+    def wait_stream(self, other: _FakeStream) -> None:
+        self.log.append(f"{self.name} waits {other.name}")
+
+
+@pytest.mark.parametrize("layers", [1, 3], ids=["1layer", "3layers"])
+@pytest.mark.parametrize("form", ["padded", "lengths", "packed"])
+def test_concurrent_path_order_and_parity(layers: int, form: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module's two-stream path, run on the CPU with stand-ins that record what would be enqueued where.
+
+    Each layer must: fork (side waits main) -> the reverse direction inside the side stream -> the forward
+    direction on main -> join (main waits side) -> the reverse outputs recorded on main. Outputs, h_n and every
+    gradient equal nn.RNN's (fp64), so the per-layer closures bind the right layer, input and hx slice."""
+    log: list[str] = []
+    main, side = _FakeStream("main", log), _FakeStream("side", log)
+    current = [main]
+
+    @contextlib.contextmanager
+    def stream_ctx(s: _FakeStream):
+        log.append(f"enter {s.name}")
+        prev, current[0] = current[0], s
+        try:
+            yield
+        finally:
+            current[0] = prev
+            log.append(f"exit {s.name}")
+
+    real_layer = modules.elman_layer
+
+    def logged_layer(*args, **kwargs):
+        log.append(f"{'rev' if args[7] else 'fwd'} on {current[0].name}")
+        return real_layer(*args, **kwargs)
+
+    monkeypatch.setattr(conc, "enabled", lambda device, n: n == 2)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: main)
+    monkeypatch.setattr(torch.cuda, "stream", stream_ctx)
+    monkeypatch.setattr(conc, "side_stream", lambda device: side)
+    monkeypatch.setattr(conc, "_record_on", lambda ts, s: log.append(f"record {len(ts)} on {s.name}"))
+    monkeypatch.setattr(modules, "elman_layer", logged_layer)
+
+    torch.manual_seed(layers)
+    T, B, n_in, H = 7, 4, 5, 6
+    oracle = torch.nn.RNN(n_in, H, num_layers=layers, bidirectional=True).double()
+    m = fused_rnn.RNN(n_in, H, num_layers=layers, bidirectional=True, backend="reference").double()
+    m.load_state_dict(oracle.state_dict())
+    x = torch.randn(T, B, n_in, dtype=torch.float64)
+    hx = torch.randn(2 * layers, B, H, dtype=torch.float64)
+    lengths = torch.tensor([7, 2, 5, 1])
+    outs = []
+    for mod in (oracle, m):
+        xr, hr = x.clone().requires_grad_(), hx.clone().requires_grad_()
+        if form == "padded":
+            out, hn = mod(xr, hr)
+        elif form == "packed" or mod is oracle:
+            pk = torch.nn.utils.rnn.pack_padded_sequence(xr, lengths, enforce_sorted=False)
+            out, hn = mod(pk, hr)
+            out = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)[0]
+        else:
+            out, hn = mod(xr, hr, lengths=lengths)
+        (out.square().sum() + (hn * 0.5).sum()).backward()
+        outs.append((out, hn, xr.grad, hr.grad, [p.grad for p in mod.parameters()]))
+    (o_out, o_hn, o_gx, o_gh, o_gp), (f_out, f_hn, f_gx, f_gh, f_gp) = outs
+    for a, b in [(f_out, o_out), (f_hn, o_hn), (f_gx, o_gx), (f_gh, o_gh), *zip(f_gp, o_gp)]:
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+    per_layer = ["side waits main", "enter side", "rev on side", "exit side", "fwd on main", "main waits side",
+                 "record 2 on main"]
+    assert log == per_layer * layers
+
+
+def test_sequential_path_when_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off: run_pair calls forward then reverse and touches no stream API (CPU-only machines never reach CUDA)."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: pytest.fail("stream API used while off"))
+    fwd, rev = conc.run_pair(torch.device("cpu"), False, lambda: calls.append("f") or ("F",),
+                             lambda: calls.append("r") or ("R",))
+    assert (fwd, rev, calls) == (("F",), ("R",), ["f", "r"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU: concurrent == sequential for every tier, busy GPU, caller stream, graph capture
+# ---------------------------------------------------------------------------------------------------------------
+
+# The Triton case is in the full `gpu` set only: its first call JIT-compiles several kernels (seconds each), too slow
+# for the gpu_quick stage of `make gpu-check`.
+GPU_CASES = [("cuda", "cluster"), ("cuda", "persistent"), ("cuda", "fallback"), ("cuda", "batch_tiled"),
+             ("triton", "per_step")]
+_QUICK = {"cuda"}
+TIER_ENV = {"cuda": "FUSED_RNN_CUDA_TIER", "triton": "FUSED_RNN_TRITON_TIER"}
+
+
+def _run(backend: str, dtype: torch.dtype, concurrent: bool, monkeypatch: pytest.MonkeyPatch, *, H: int = 96,
+         stream: torch.cuda.Stream | None = None) -> list[torch.Tensor]:
+    """2-layer bidirectional module with lengths on CUDA: [output, h_n, grad x, grad hx, *param grads]."""
+    monkeypatch.setenv(ENV, "1" if concurrent else "0")
+    assert conc.enabled(torch.device("cuda"), 2) is concurrent
+    torch.manual_seed(11)
+    T, B, n_in = 33, 5, 24
+    m = fused_rnn.RNN(n_in, H, num_layers=2, bidirectional=True, backend=backend).to("cuda", dtype)
+    x = torch.randn(T, B, n_in, device="cuda", dtype=dtype, requires_grad=True)
+    hx = torch.randn(4, B, H, device="cuda", dtype=dtype, requires_grad=True)
+    lengths = torch.tensor([33, 1, 17, 32, 9])
+    if stream is not None:
+        stream.wait_stream(torch.cuda.current_stream())  # x, hx and the parameters were made on the current stream
+    ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+    with ctx:
+        out, hn = m(x, hx, lengths=lengths)
+        (out.float().square().sum() + hn.float().sum()).backward()
+    torch.cuda.synchronize()
+    return [out.detach(), hn.detach(), x.grad, hx.grad] + [p.grad for p in m.parameters()]
+
+
+def _close(a: list[torch.Tensor], b: list[torch.Tensor], dtype: torch.dtype) -> None:
+    """Same kernels on the same data: equal up to a few roundings (a race would show up as garbage or NaN)."""
+    tol = 4 * FLOOR[dtype]
+    for i, (u, v) in enumerate(zip(a, b)):
+        assert torch.isfinite(u).all(), f"tensor {i} has non-finite values"
+        scale = max(1.0, v.abs().max().item())
+        err = (u.double() - v.double()).abs().max().item() / scale
+        assert err <= tol, f"tensor {i}: relative error {err:.3g} > {tol:.3g}"
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(("backend", "tier"), [
+    pytest.param(b, t, id=f"{b}-{t}", marks=[pytest.mark.gpu_quick] if b in _QUICK else []) for b, t in GPU_CASES])
+def test_concurrent_equals_sequential(backend: str, tier: str, dtype: torch.dtype,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    if backend not in fused_rnn.available_backends():
+        pytest.skip(f"backend {backend} not available")
+    monkeypatch.setenv(TIER_ENV[backend], tier)
+    seq = _run(backend, dtype, False, monkeypatch)
+    par = _run(backend, dtype, True, monkeypatch)
+    _close(par, seq, dtype)
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.gpu_quick
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("tier", ["cluster", "persistent"])
+def test_concurrent_from_a_caller_stream_while_the_gpu_is_busy(tier: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller works on its own stream while a third stream floods the GPU with matmuls: the fork/join must
+    follow the caller's stream (not the default one), nothing may hang, and results equal the sequential run."""
+    monkeypatch.setenv("FUSED_RNN_CUDA_TIER", tier)
+    seq = _run("cuda", torch.bfloat16, False, monkeypatch, H=512)
+    busy = torch.cuda.Stream()
+    a = torch.randn(4096, 4096, device="cuda")
+    busy.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(busy):
+        for _ in range(40):
+            a = torch.tanh(a @ a * 1e-2)
+    caller = torch.cuda.Stream()
+    par = _run("cuda", torch.bfloat16, True, monkeypatch, H=512, stream=caller)
+    busy.synchronize()
+    assert torch.isfinite(a).all()
+    _close(par, seq, torch.bfloat16)
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.gpu_quick
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("tier", ["cluster", "fallback"])
+def test_concurrent_forward_in_a_cuda_graph(tier: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inference forward captured in a CUDA graph with the side stream forked into the capture; replays on new data
+    equal eager sequential runs."""
+    monkeypatch.setenv("FUSED_RNN_CUDA_TIER", tier)
+    torch.manual_seed(5)
+    T, B, n_in, H = 40, 3, 16, 128
+    m = fused_rnn.RNN(n_in, H, num_layers=2, bidirectional=True, backend="cuda").cuda().eval()
+    static_x = torch.randn(T, B, n_in, device="cuda")
+    monkeypatch.setenv(ENV, "1")
+    warm = torch.cuda.Stream()
+    warm.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(warm):
+        for _ in range(2):
+            m(static_x)
+    torch.cuda.current_stream().wait_stream(warm)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        static_out, static_hn = m(static_x)
+    for seed in (1, 2):
+        static_x.copy_(torch.randn(T, B, n_in, device="cuda", generator=torch.Generator("cuda").manual_seed(seed)))
+        graph.replay()
+        monkeypatch.setenv(ENV, "0")
+        with torch.no_grad():
+            out, hn = m(static_x)
+        monkeypatch.setenv(ENV, "1")
+        torch.cuda.synchronize()
+        _close([static_out, static_hn], [out, hn], torch.float32)
