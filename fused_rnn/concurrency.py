@@ -24,6 +24,11 @@ under the side stream's feet. Under CUDA-graph capture the fork/join become grap
 capture through the fork); record_stream is skipped there (a captured graph's memory lives in its private pool and is
 not returned to the allocator while the graph exists).
 
+No deadlock between the two directions' persistent grids: a cooperative launch starts none of its blocks until the
+whole grid can be resident, so two cooperative grids never each hold part of the SMs while waiting at grid.sync() for
+the rest -- the second simply starts when the first leaves room; a cluster is scheduled as a unit and its barrier
+spans only that cluster. tests/test_concurrency.py runs both tiers concurrently on a busy GPU under a timeout.
+
 Not used under torch.compile (Dynamo's stream support differs between torch versions; the compiled graph runs the
 directions one after the other), on CPU tensors, or for unidirectional modules.
 
