@@ -184,6 +184,13 @@ _QUICK = {"cuda"}
 TIER_ENV = {"cuda": "FUSED_RNN_CUDA_TIER", "triton": "FUSED_RNN_TRITON_TIER"}
 
 
+def _gpu_quick(fn):
+    """The marks of a test in the gpu_quick subset (needs a GPU; `make gpu-check` runs it; 120 s at most)."""
+    for mark in (pytest.mark.timeout(120), pytest.mark.gpu_quick, pytest.mark.gpu, needs_gpu):
+        fn = mark(fn)
+    return fn
+
+
 def _run(backend: str, dtype: torch.dtype, concurrent: bool, monkeypatch: pytest.MonkeyPatch, *, H: int = 96,
          stream: torch.cuda.Stream | None = None) -> list[torch.Tensor]:
     """2-layer bidirectional module with lengths on CUDA: [output, h_n, grad x, grad hx, *param grads]."""
@@ -231,10 +238,7 @@ def test_concurrent_equals_sequential(backend: str, tier: str, dtype: torch.dtyp
     _close(par, seq, dtype)
 
 
-@needs_gpu
-@pytest.mark.gpu
-@pytest.mark.gpu_quick
-@pytest.mark.timeout(120)
+@_gpu_quick
 @pytest.mark.parametrize("tier", ["cluster", "persistent"])
 def test_concurrent_from_a_caller_stream_while_the_gpu_is_busy(tier: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The caller works on its own stream while a third stream floods the GPU with matmuls: the fork/join must
@@ -254,10 +258,7 @@ def test_concurrent_from_a_caller_stream_while_the_gpu_is_busy(tier: str, monkey
     _close(par, seq, torch.bfloat16)
 
 
-@needs_gpu
-@pytest.mark.gpu
-@pytest.mark.gpu_quick
-@pytest.mark.timeout(120)
+@_gpu_quick
 @pytest.mark.parametrize("tier", ["cluster", "fallback"])
 def test_concurrent_forward_in_a_cuda_graph(tier: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Inference forward captured in a CUDA graph with the side stream forked into the capture; replays on new data
