@@ -3,8 +3,9 @@
 Why: the fused CUDA tiers are latency-bound at small batch -- a ``cluster`` launch at B = 1 occupies one cluster of
 ≤ 16 CTAs on a 132-SM H100 for the whole sequence -- so the reverse direction, which depends only on the same layer
 input, can run beside the forward one instead of after it. Expected gain (not yet measured on a GPU): up to 2× per
-bidirectional layer where both grids fit on the device at once (cluster tier at small B); none where one grid already
-fills every SM (the persistent tier sizes its grid to one CTA per SM, so the second cooperative grid waits for SMs).
+bidirectional layer where both grids fit on the device at once (cluster tier at small B); little or none where one
+grid already spans every SM (the persistent tier sizes its grid to one CTA per SM: the second grid then shares SMs or
+waits for them). Predictions per tier: csrc/cuda/NOTES_persistent.md.
 
 How (plain PyTorch stream semantics, no change to the backend contract or the kernels):
 
@@ -13,14 +14,16 @@ How (plain PyTorch stream semantics, no change to the backend contract or the ke
     with stream(side): reverse      the reverse direction's projection GEMM + recurrence, enqueued first
     forward on main                 the forward direction
     main.wait_stream(side)          join: everything after (cat, dropout, the next layer, the user) sees both
-    y_rev.record_stream(main)       ... and the caching allocator will not hand their memory to a later side-stream
-                                    allocation before main's uses of them have run
+    y_rev.record_stream(main)       the caching allocator's rule for a tensor used on a stream it was not made on:
+    x, hx, lengths.record_stream(side)   a block freed later is not reused until the recorded stream's work up to
+                                    the free has run
 
-Backward needs nothing more: autograd runs each node's backward on the stream its forward ran on and syncs the streams
-where gradients cross (PyTorch's "stream semantics of backward passes"), so the two directions' BPTT kernels also run
-concurrently. Tensors the side stream reads but main allocated (layer input, hx) stay alive past the join (they are
-referenced until this call returns), and main's later work is ordered after the join, so their memory cannot be reused
-under the side stream's feet. Under CUDA-graph capture the fork/join become graph edges (the side stream joins the
+The second record matters in backward: the reverse direction's autograd nodes keep the layer input and its hx slice
+(made on main) and release them when their backward kernels -- on the side stream -- have been enqueued, maybe not yet
+run; without the record, main could be handed that memory while those kernels still read it. Otherwise backward needs
+nothing: autograd runs each node's backward on the stream its forward ran on and syncs the streams where gradients
+cross (PyTorch's "stream semantics of backward passes"), so the two directions' BPTT kernels also run concurrently.
+Under CUDA-graph capture the fork/join become graph edges (the side stream joins the
 capture through the fork); record_stream is skipped there (a captured graph's memory lives in its private pool and is
 not returned to the allocator while the graph exists).
 
@@ -90,15 +93,17 @@ def side_stream(device: torch.device) -> torch.cuda.Stream:
     return s
 
 
-def run_pair(device: torch.device, concurrent: bool, run_fwd: Callable[[], R], run_rev: Callable[[], R]
-             ) -> tuple[R, R]:
+def run_pair(device: torch.device, concurrent: bool, run_fwd: Callable[[], R], run_rev: Callable[[], R],
+             shared: tuple[Tensor | None, ...] = ()) -> tuple[R, R]:
     """(run_fwd(), run_rev()), the reverse on the side stream when ``concurrent`` (fork, join and record_stream as
-    in the module docstring). Each callable returns a tuple of tensors, e.g. (Y [T, B, H], h_n [B, H])."""
+    in the module docstring). Each callable returns a tuple of tensors, e.g. (Y [T, B, H], h_n [B, H]); ``shared``
+    holds the tensors made on the caller's stream that run_rev reads (layer input [T, B, I], hx, lengths [B])."""
     if not concurrent:
         return run_fwd(), run_rev()
     main = torch.cuda.current_stream(device)
     side = side_stream(device)
     side.wait_stream(main)
+    _record_on(shared, side)
     with torch.cuda.stream(side):
         rev = run_rev()
     fwd = run_fwd()
@@ -108,8 +113,8 @@ def run_pair(device: torch.device, concurrent: bool, run_fwd: Callable[[], R], r
 
 
 def _record_on(tensors, stream: torch.cuda.Stream) -> None:
-    """Mark the side stream's outputs as used on ``stream`` (the caching allocator's rule for cross-stream tensors);
-    skipped during graph capture (see the module docstring)."""
+    """Mark CUDA tensors as used on ``stream`` (the caching allocator's rule for cross-stream tensors; None and CPU
+    tensors are passed over); skipped during graph capture (see the module docstring)."""
     if torch.cuda.is_current_stream_capturing():
         return
     for t in tensors:

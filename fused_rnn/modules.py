@@ -205,7 +205,8 @@ class RNN(nn.RNNBase):
                 h_n.append(h)
                 layer_input = y
             else:
-                (y, h), (y_rev, h_rev) = _conc.run_pair(x.device, concurrent, lambda: run(0), lambda: run(1))
+                (y, h), (y_rev, h_rev) = _conc.run_pair(x.device, concurrent, lambda: run(0), lambda: run(1),
+                                                        (layer_input, hx, lengths))
                 h_n += [h, h_rev]
                 layer_input = torch.cat((y, y_rev), dim=2)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:

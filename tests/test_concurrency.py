@@ -103,8 +103,9 @@ class _FakeStream:
 def test_concurrent_path_order_and_parity(layers: int, form: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The module's two-stream path, run on the CPU with stand-ins that record what would be enqueued where.
 
-    Each layer must: fork (side waits main) -> the reverse direction inside the side stream -> the forward
-    direction on main -> join (main waits side) -> the reverse outputs recorded on main. Outputs, h_n and every
+    Each layer must: fork (side waits main) -> the inputs the reverse reads (layer input, hx, lengths) recorded on
+    the side stream -> the reverse direction inside the side stream -> the forward direction on main -> join (main
+    waits side) -> the reverse outputs recorded on main. Outputs, h_n and every
     gradient equal nn.RNN's (fp64), so the per-layer closures bind the right layer, input and hx slice."""
     log: list[str] = []
     main, side = _FakeStream("main", log), _FakeStream("side", log)
@@ -158,8 +159,8 @@ def test_concurrent_path_order_and_parity(layers: int, form: str, monkeypatch: p
     for a, b in [(f_out, o_out), (f_hn, o_hn), (f_gx, o_gx), (f_gh, o_gh), *zip(f_gp, o_gp)]:
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
-    per_layer = ["side waits main", "enter side", "rev on side", "exit side", "fwd on main", "main waits side",
-                 "record 2 on main"]
+    per_layer = ["side waits main", "record 3 on side", "enter side", "rev on side", "exit side", "fwd on main",
+                 "main waits side", "record 2 on main"]
     assert log == per_layer * layers
 
 
