@@ -10,8 +10,13 @@
 // at every step (as the reference does), the backward carries its gradient in fp32 and rounds dA only when storing.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -20,6 +25,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <c10/util/ParallelGuard.h>
 #include <torch/library.h>
 
 #include "../fused_rnn.h"
@@ -27,14 +33,149 @@
 
 namespace fused_rnn {
 namespace cpu {
+
+// ---- the per-step barrier of a hidden split -------------------------------------------------------------------
+// Waiting: spin (a partner a few µs behind is the common case on an idle machine), then yield, then sleep in short
+// naps -- on a shared machine the partner may be descheduled for a whole time slice, and a pure spin would then
+// hold the core it needs.
+namespace {
+constexpr int64_t kSpinNs = 20000;     // 20 µs of pause-spinning
+constexpr int64_t kYieldNs = 1000000;  // then sched_yield up to 1 ms, then 50 µs sleeps
+
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+class Backoff {
+ public:
+  void wait() {
+    if (++n_ < 128) {  // the first ~5 µs without reading the clock
+      cpu_relax();
+      return;
+    }
+    if (t0_ == 0) t0_ = now_ns();
+    if ((n_ & 15) == 0) elapsed_ = now_ns() - t0_;
+    if (elapsed_ < kSpinNs) {
+      cpu_relax();
+    } else if (elapsed_ < kYieldNs) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+  int64_t elapsed_ns() { return t0_ == 0 ? 0 : now_ns() - t0_; }
+
+ private:
+  int64_t n_ = 0, t0_ = 0, elapsed_ = 0;
+};
+}  // namespace
+
+struct StepBarrier {
+  alignas(64) std::atomic<int> arrived{0};
+  alignas(64) std::atomic<int> gen{0};
+};
+
+// Sense by generation: the last of nparts to arrive resets the count and publishes the next generation (release);
+// the others wait for it (acquire), so every write a worker made before the barrier is visible after it.
+void barrier_wait(StepBarrier* b, int nparts) {
+  const int g = b->gen.load(std::memory_order_acquire);
+  if (b->arrived.fetch_add(1, std::memory_order_acq_rel) == nparts - 1) {
+    b->arrived.store(0, std::memory_order_relaxed);
+    b->gen.store(g + 1, std::memory_order_release);
+    return;
+  }
+  Backoff backoff;
+  while (b->gen.load(std::memory_order_acquire) == g) backoff.wait();
+}
+
 namespace {
 
+// ---- who takes part in a hidden split --------------------------------------------------------------------------
+// at::parallel_for(0, n, 1, f) may call f fewer than n times (nested, or one thread: once, inline, for all n) and,
+// with a thread pool shared by several callers, may start some calls late. So the workers are counted where they
+// arrive: each call of f joins the gate with the number of items it covers; the gate closes when all n items are
+// covered, or when `timeout_ns` has passed since the first arrival. The workers that joined before the close split
+// the panels among themselves; a call arriving after it does nothing. Every worker that takes part is a running
+// thread that has entered the loop, so the per-step barrier among them always completes: no deadlock, whatever the
+// threading backend, nesting or load (a slow start costs at most the timeout, then the work runs on fewer threads,
+// with bitwise the same results).
+class Gate {
+ public:
+  // Returns this worker's index (0-based, in arrival order) and sets *nparts; -1 if the gate had already closed.
+  int join(int64_t items, int64_t total, int64_t timeout_ns, int* nparts) {
+    uint64_t w = word_.load(std::memory_order_acquire);
+    int idx;
+    for (;;) {
+      if (w & kClosed) return -1;
+      if (word_.compare_exchange_weak(w, w + (static_cast<uint64_t>(items) << 32) + 1, std::memory_order_acq_rel)) {
+        idx = static_cast<int>(w & 0xffffffffu);
+        break;
+      }
+    }
+    Backoff backoff;
+    for (;;) {
+      w = word_.load(std::memory_order_acquire);
+      if (w & kClosed) break;
+      const int64_t covered = static_cast<int64_t>((w >> 32) & 0x7fffffffu);
+      if (covered >= total || backoff.elapsed_ns() > timeout_ns) {
+        if (word_.compare_exchange_strong(w, w | kClosed, std::memory_order_acq_rel)) {
+          w |= kClosed;
+          break;
+        }
+        continue;
+      }
+      backoff.wait();
+    }
+    *nparts = static_cast<int>(w & 0xffffffffu);
+    return idx;
+  }
+
+ private:
+  static constexpr uint64_t kClosed = 1ull << 63;
+  alignas(64) std::atomic<uint64_t> word_{0};  // bit 63 closed | bits 32-62 items covered | bits 0-31 workers
+};
+
 // ---- instruction-set choice (run time: the binary runs on any x86-64 CPU) -------------------------------------
-const KernelTable* best_kernels() {
+bool cpu_has_avx2() {
 #if defined(FUSED_RNN_CPU_AVX2)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &avx2_kernels();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
 #endif
+}
+
+bool cpu_has_avx512() {
+#if defined(FUSED_RNN_CPU_AVX512)
+  __builtin_cpu_init();
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
+
+// The best set this CPU runs, capped by ATEN_CPU_CAPABILITY when set (torch's own switch, read once: "default"
+// -> generic, "avx2" -> at most AVX2), so one variable moves torch's kernels and these together.
+const KernelTable* best_kernels() {
+  const char* cap = std::getenv("ATEN_CPU_CAPABILITY");
+  const std::string c = cap ? cap : "";
+  const bool allow512 = c.empty() || c == "avx512";
+  const bool allow2 = allow512 || c == "avx2";
+#if defined(FUSED_RNN_CPU_AVX512)
+  if (allow512 && cpu_has_avx512()) return &avx512_kernels();
+#endif
+#if defined(FUSED_RNN_CPU_AVX2)
+  if (allow2 && cpu_has_avx2()) return &avx2_kernels();
+#endif
+  (void)allow2;
   return &generic_kernels();
 }
 
@@ -43,8 +184,8 @@ std::atomic<const KernelTable*>& active_kernels() {
   return k;
 }
 
-// Test hook: "" -> the active kernel set's name; "auto" | "generic" | "avx2" -> switch (error if this CPU or build
-// cannot run it) and return the new name. Lets the tests run the generic kernels on an AVX2 machine too.
+// Test hook: "" -> the active kernel set's name; "auto" | "generic" | "avx2" | "avx512" -> switch (error if this CPU
+// or build cannot run it) and return the new name. Lets the tests run every variant the CPU has.
 std::string cpu_isa_op(const std::string& request) {
   if (request.empty()) return active_kernels().load()->name;
   const KernelTable* k = nullptr;
@@ -54,50 +195,116 @@ std::string cpu_isa_op(const std::string& request) {
     k = &generic_kernels();
   } else if (request == "avx2") {
 #if defined(FUSED_RNN_CPU_AVX2)
-    TORCH_CHECK(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"),
-                "fused_rnn.cpu_isa: this CPU has no AVX2+FMA");
+    TORCH_CHECK(cpu_has_avx2(), "fused_rnn.cpu_isa: this CPU has no AVX2+FMA");
     k = &avx2_kernels();
 #else
     TORCH_CHECK(false, "fused_rnn.cpu_isa: this build has no AVX2 kernels");
 #endif
+  } else if (request == "avx512") {
+#if defined(FUSED_RNN_CPU_AVX512)
+    TORCH_CHECK(cpu_has_avx512(), "fused_rnn.cpu_isa: this CPU has no AVX-512 F/BW/VL/DQ");
+    k = &avx512_kernels();
+#else
+    TORCH_CHECK(false, "fused_rnn.cpu_isa: this build has no AVX-512 kernels");
+#endif
   } else {
-    TORCH_CHECK(false, "fused_rnn.cpu_isa: unknown instruction set '", request, "' (auto, generic, avx2)");
+    TORCH_CHECK(false, "fused_rnn.cpu_isa: unknown instruction set '", request, "' (auto, generic, avx2, avx512)");
   }
   active_kernels().store(k);
   return k->name;
 }
 
-// ---- own loops vs per-step BLAS --------------------------------------------------------------------------------
-// Large B·H: each step is one BLAS GEMM into a [B,H] slice (MKL blocks W for the cache and splits the GEMM over the
-// threads). Otherwise our own register-blocked loops run each batch row through all T with no per-step dispatcher
-// call and no per-step thread synchronisation. Measured 2026-11-27 on this 2-core AMD EPYC (AVX2), fp32 op alone,
-// best of 15, 2 threads, load average ~4 -- own vs BLAS, forward / backward ms:
-//   T=128 B=64 H=512: 45.7 / 82.7 vs 32.6 / 29.6   (W_hh = 1 MB: streamed per 4-row block, BLAS blocks it)
-//   T=128 B=32 H=256:  4.4 /  3.6 vs  6.0 /  5.4
-//   T=256 B=16 H=256:  6.9 /  6.4 vs  8.2 /  6.9
-//   T=256 B=8  H=256:  3.5 /  1.7 vs  4.5 /  3.9
-// Under heavy load (load average > 100) the per-step barriers made BLAS 2-6x slower at every size, so ties go to
-// the own loops.
-constexpr int64_t kBlasMinBatch = 32;
-constexpr int64_t kBlasMinHidden = 384;
+// ---- which loop runs a call ------------------------------------------------------------------------------------
+//   serial  one thread, all rows and columns (also whenever we run inside a parallel region or with one thread)
+//   hidden  the workers split the result columns (panels of W_hh) and meet at a barrier once per step
+//   batch   the workers split the batch rows, each with all of W_hh, and never wait for each other
+//   blas    one BLAS GEMM per step into a [B, H] slice (MKL blocks W and splits the GEMM over its threads)
+// serial, hidden and batch run the same per-output summation (elman_cpu_kernels.inc, "Determinism"): bitwise equal
+// results for every thread count. blas sums in MKL's order.
+enum class Path : int { Auto = 0, Serial, Hidden, Batch, Blas };
+const char* path_name(Path p) {
+  switch (p) {
+    case Path::Serial: return "serial";
+    case Path::Hidden: return "hidden";
+    case Path::Batch: return "batch";
+    case Path::Blas: return "blas";
+    default: return "auto";
+  }
+}
 
-// 0 = the rule above; n > 0 = forced: BLAS iff B >= n (tests and benchmarks).
-std::atomic<int64_t>& forced_blas_min_batch() {
-  static std::atomic<int64_t> v{0};
+std::atomic<int>& forced_path() {
+  static std::atomic<int> v{0};
   return v;
 }
 
-bool use_blas(int64_t B, int64_t H) {
-  const int64_t forced = forced_blas_min_batch().load();
-  if (forced > 0) return B >= forced;
-  return B >= kBlasMinBatch && H >= kBlasMinHidden;
+// Test hook ("hidden-late"): the last worker of each hidden split starts 2 ms after the gate's timeout.
+std::atomic<bool>& late_worker() {
+  static std::atomic<bool> v{false};
+  return v;
 }
 
-// Test/benchmark hook: n > 0 forces the per-step BLAS path for every B >= n, whatever H (1 = always, a huge value
-// = never); n = 0 restores the default rule; n < 0 only reads. Returns the forced value in force (0 = default rule).
-int64_t cpu_blas_min_batch_op(int64_t n) {
-  if (n >= 0) forced_blas_min_batch().store(n);
-  return forced_blas_min_batch().load();
+// Test/benchmark hook: "" -> the forced path ("auto" when none); "auto" | "serial" | "hidden" | "batch" | "blas" ->
+// force it for every later call (hidden and batch still run serially where only one thread is available, or where
+// the shape leaves a second worker nothing to do). "hidden-late" is "hidden" with the last worker of each call
+// arriving after the gate has closed (tests the gate's timeout).
+std::string cpu_path_op(const std::string& request) {
+  if (!request.empty()) {
+    Path p;
+    bool late = false;
+    if (request == "hidden-late") {
+      p = Path::Hidden;
+      late = true;
+    } else if (request == "auto") {
+      p = Path::Auto;
+    } else if (request == "serial") {
+      p = Path::Serial;
+    } else if (request == "hidden") {
+      p = Path::Hidden;
+    } else if (request == "batch") {
+      p = Path::Batch;
+    } else if (request == "blas") {
+      p = Path::Blas;
+    } else {
+      TORCH_CHECK(false, "fused_rnn.cpu_path: unknown path '", request, "' (auto, serial, hidden, batch, blas)");
+    }
+    late_worker().store(late);
+    forced_path().store(static_cast<int>(p));
+  }
+  return std::string(path_name(static_cast<Path>(forced_path().load()))) + (late_worker().load() ? "-late" : "");
+}
+
+// What the last elman_fwd / elman_bwd on this thread ran: "isa=<name> path=<path> threads=<workers>".
+thread_local std::string t_last_run;
+std::string cpu_last_run_op() { return t_last_run; }
+
+// Threads a call may use: 1 inside another parallel region (at::parallel_for runs nested bodies inline, so a
+// split there would only add waiting) or when torch is set to one thread.
+int64_t usable_threads() {
+  if (at::in_parallel_region() || c10::ParallelGuard::is_enabled()) return 1;
+  return std::max<int64_t>(1, at::get_num_threads());
+}
+
+Path auto_path(int64_t T_, int64_t B, int64_t H, int64_t threads);
+
+Path choose_path(int64_t T_, int64_t B, int64_t H, int64_t threads, int64_t npanels, int64_t max_rows) {
+  const int64_t forced = forced_path().load();
+  Path p = static_cast<Path>(forced);
+  if (p == Path::Auto) p = auto_path(T_, B, H, threads);
+  if (p == Path::Blas) return p;  // BLAS threads itself (and runs single-threaded when nested)
+  if (threads <= 1) return Path::Serial;
+  if (p == Path::Hidden && npanels < 2) return Path::Serial;
+  if (p == Path::Batch && B <= max_rows) return Path::Serial;
+  return p;
+}
+
+// ---- the automatic choice -------------------------------------------------------------------------------------
+// (thresholds: see the measurements in the comment; filled in below)
+Path auto_path(int64_t T_, int64_t B, int64_t H, int64_t threads) {
+  (void)T_;
+  if (threads <= 1) return Path::Serial;
+  if (B * H * H < 100000) return Path::Serial;
+  if (B <= 16) return Path::Hidden;
+  return Path::Batch;
 }
 
 // ---- shared helpers --------------------------------------------------------------------------------------------
@@ -130,22 +337,71 @@ c10::optional<at::Tensor> checked_lengths(const char* op, const c10::optional<at
   return L;
 }
 
-// Run fn(b0, b1, scratch) over batch rows in blocks of kRowBlock, on torch's intra-op threads when the work pays
-// for them. Each task owns its scratch; rows are independent, so there is no synchronisation inside the time loop.
-template <typename T, typename Fn>
-void for_row_blocks(int64_t T_, int64_t B, int64_t H, const Fn& fn) {
-  const int64_t nblocks = (B + kRowBlock - 1) / kRowBlock;
-  // Below ~2e5 multiply-adds per block a thread hand-off (~10-20 µs) costs more than it saves.
-  const int64_t work = T_ * H * H * std::min<int64_t>(B, kRowBlock);
-  if (nblocks == 1 || work < 200000) {  // inline: not even a one-thread parallel region
-    std::vector<T> scratch(scratch_elems(H));
-    fn(0, B, scratch.data());
-    return;
+// ---- running the own loops on serial / hidden / batch workers --------------------------------------------------
+struct AlignedBuf {
+  explicit AlignedBuf(int64_t bytes) : raw(new char[bytes + 64]) {
+    data = raw.get() + ((64 - reinterpret_cast<uintptr_t>(raw.get()) % 64) % 64);
   }
-  at::parallel_for(0, nblocks, 1, [&](int64_t s, int64_t e) {
-    std::vector<T> scratch(scratch_elems(H));
-    fn(s * kRowBlock, std::min(e * kRowBlock, B), scratch.data());
+  std::unique_ptr<char[]> raw;
+  char* data;
+};
+
+// Runs kern(work) over the workers of `path` after pack(p0, p1) has packed the panels a worker reads. Returns the
+// number of workers that ran. Everything allocated here is allocated before any worker starts (a worker never
+// throws, so a barrier never waits for one that left).
+template <typename Pack, typename Kern>
+int run_workers(Path path, int64_t T_, int64_t B, int64_t H, int64_t npanels, int64_t max_rows, int64_t threads,
+                const Pack& pack, const Kern& kern) {
+  const int64_t sbytes = (work_scratch_bytes(B) + 63) / 64 * 64;
+  if (path == Path::Serial) {
+    AlignedBuf scratch(sbytes);
+    pack(0, npanels);
+    kern(Work{0, B, 0, npanels, nullptr, 1, scratch.data});
+    return 1;
+  }
+  if (path == Path::Batch) {
+    // rows in blocks of a register tile; each block runs all T steps with all of W_hh: no synchronisation.
+    const int64_t nblocks = (B + max_rows - 1) / max_rows;
+    const int64_t nw = std::min(threads, nblocks);
+    const int64_t per = (nblocks + nw - 1) / nw;  // blocks per worker
+    AlignedBuf scratch(sbytes * nw);
+    at::parallel_for(0, npanels, 1, [&](int64_t p0, int64_t p1) { pack(p0, p1); });
+    std::atomic<int> used{0};
+    at::parallel_for(0, nw, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b0 = std::min(B, i * per * max_rows), b1 = std::min(B, (i + 1) * per * max_rows);
+        if (b0 < b1) kern(Work{b0, b1, 0, npanels, nullptr, 1, scratch.data + i * sbytes});
+      }
+      used.fetch_add(1, std::memory_order_relaxed);
+    });
+    return used.load();
+  }
+  // Hidden: the workers (counted at the gate) split the panels; each packs its own, so its share of W_hh is first
+  // touched, and then kept, in its own core's cache.
+  const int64_t nreq = std::min(threads, npanels);
+  AlignedBuf scratch(sbytes * nreq);
+  Gate gate;
+  StepBarrier bar;
+  std::atomic<int> used{1};
+  // A start later than ~1/16 of the serial run time is not worth waiting for (50 µs .. 2 ms; ~8 multiply-adds/ns).
+  const int64_t est_ns = T_ * B * H * H / 8;
+  const int64_t timeout_ns = std::min<int64_t>(2000000, std::max<int64_t>(50000, est_ns / 16));
+  const bool late = late_worker().load();
+  at::parallel_for(0, nreq, 1, [&](int64_t i0, int64_t i1) {
+    if (late && i1 == nreq && i0 > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(timeout_ns + 2000000));
+    int nparts = 1;
+    const int idx = gate.join(i1 - i0, nreq, timeout_ns, &nparts);
+    if (idx < 0) return;
+    const int64_t p0 = npanels * idx / nparts, p1 = npanels * (idx + 1) / nparts;
+    pack(p0, p1);
+    kern(Work{0, B, p0, p1, nparts > 1 ? &bar : nullptr, nparts, scratch.data + idx * sbytes});
+    if (idx == 0) used.store(nparts, std::memory_order_relaxed);
   });
+  return used.load();
+}
+
+void set_last_run(const KernelTable& K, Path path, int workers) {
+  t_last_run = std::string("isa=") + K.name + " path=" + path_name(path) + " threads=" + std::to_string(workers);
 }
 
 // ---- per-step BLAS path (large B) ------------------------------------------------------------------------------
@@ -239,6 +495,34 @@ void bwd_blas(const at::Tensor& dYc, const at::Tensor& dhc, const at::Tensor& Yc
 }
 
 // ---- forward ---------------------------------------------------------------------------------------------------
+template <typename T>
+int fwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& Pc, const at::Tensor& h0c,
+            const at::Tensor& Wc, const int64_t* lp, at::Tensor& Y, at::Tensor& h_n, bool reverse, int act, Round rm) {
+  const int64_t T_ = Pc.size(0), B = Pc.size(1), H = Pc.size(2);
+  const int64_t NW = std::is_same_v<T, float> ? K.panel_f32 : K.panel_f64;
+  const int64_t npanels = (H + NW - 1) / NW;
+  at::Tensor Wp = at::empty({npanels * H * NW}, Pc.options());  // 64-byte aligned (c10's CPU allocator)
+  T* wp = Wp.mutable_data_ptr<T>();
+  const T* w = Wc.const_data_ptr<T>();
+  FwdArgs<T> A{Pc.const_data_ptr<T>(), h0c.const_data_ptr<T>(), wp, lp, Y.mutable_data_ptr<T>(),
+               h_n.mutable_data_ptr<T>(), T_, B, H, reverse, act, rm};
+  auto pack = [&](int64_t p0, int64_t p1) {
+    if constexpr (std::is_same_v<T, float>) {
+      K.pack_f32(w, H, true, p0, p1, wp);
+    } else {
+      K.pack_f64(w, H, true, p0, p1, wp);
+    }
+  };
+  auto kern = [&](const Work& wk) {
+    if constexpr (std::is_same_v<T, float>) {
+      K.fwd_f32(A, wk);
+    } else {
+      K.fwd_f64(A, wk);
+    }
+  };
+  return run_workers(path, T_, B, H, npanels, K.max_rows, threads, pack, kern);
+}
+
 std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::Tensor& h0, const at::Tensor& w_hh,
                                                  const c10::optional<at::Tensor>& lengths, bool reverse,
                                                  c10::string_view nonlinearity_sv, c10::string_view tier_sv,
@@ -258,32 +542,65 @@ std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::
   const auto ct = compute_type(st);
   const at::Tensor Pc = P.to(ct).contiguous();
   const at::Tensor h0c = h0.to(ct).contiguous();
-  const at::Tensor Wt = w_hh.to(ct).t().contiguous();  // stored once per call: the matvec's inner loop is contiguous
+  const at::Tensor Wc = w_hh.to(ct).contiguous();
   at::Tensor Y = L.has_value() ? at::zeros({T_, B, H}, Pc.options()) : at::empty({T_, B, H}, Pc.options());
   at::Tensor h_n = at::empty({B, H}, Pc.options());
   const KernelTable& K = *active_kernels().load();
   const int64_t* lp = L.has_value() ? L->const_data_ptr<int64_t>() : nullptr;
   const Round rm = round_mode(st);
-  const bool blas = use_blas(B, H);
+  const int64_t threads = usable_threads();
+  const int64_t NW = ct == at::kFloat ? K.panel_f32 : K.panel_f64;
+  const Path path = choose_path(T_, B, H, threads, (H + NW - 1) / NW, K.max_rows);
 
-  if (blas && ct == at::kFloat) {
-    fwd_blas<float>(K, Pc, h0c, Wt, lp, Y, h_n, reverse, act, rm);
-  } else if (blas) {
-    fwd_blas<double>(K, Pc, h0c, Wt, lp, Y, h_n, reverse, act, rm);
+  int workers = 1;
+  if (path == Path::Blas) {
+    const at::Tensor Wt = Wc.t().contiguous();
+    if (ct == at::kFloat) {
+      fwd_blas<float>(K, Pc, h0c, Wt, lp, Y, h_n, reverse, act, rm);
+    } else {
+      fwd_blas<double>(K, Pc, h0c, Wt, lp, Y, h_n, reverse, act, rm);
+    }
+    workers = static_cast<int>(threads);
   } else if (ct == at::kFloat) {
-    FwdArgs<float> A{Pc.const_data_ptr<float>(), h0c.const_data_ptr<float>(), Wt.const_data_ptr<float>(), lp,
-                     Y.mutable_data_ptr<float>(), h_n.mutable_data_ptr<float>(), T_, B, H, reverse, act, rm};
-    for_row_blocks<float>(T_, B, H, [&](int64_t b0, int64_t b1, float* s) { K.fwd_f32(A, b0, b1, s); });
+    workers = fwd_own<float>(K, path, threads, Pc, h0c, Wc, lp, Y, h_n, reverse, act, rm);
   } else {
-    FwdArgs<double> A{Pc.const_data_ptr<double>(), h0c.const_data_ptr<double>(), Wt.const_data_ptr<double>(), lp,
-                      Y.mutable_data_ptr<double>(), h_n.mutable_data_ptr<double>(), T_, B, H, reverse, act, rm};
-    for_row_blocks<double>(T_, B, H, [&](int64_t b0, int64_t b1, double* s) { K.fwd_f64(A, b0, b1, s); });
+    workers = fwd_own<double>(K, path, threads, Pc, h0c, Wc, lp, Y, h_n, reverse, act, rm);
   }
+  set_last_run(K, path, workers);
   if (ct != st) return {Y.to(st), h_n.to(st)};  // exact: every value was already rounded to st
   return {Y, h_n};
 }
 
 // ---- backward --------------------------------------------------------------------------------------------------
+template <typename T>
+int bwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& dYc, const at::Tensor& dhc,
+            const at::Tensor& Yc, const at::Tensor& Wc, const int64_t* lp, at::Tensor& dA, at::Tensor& dh0,
+            bool reverse, int act) {
+  const int64_t T_ = Yc.size(0), B = Yc.size(1), H = Yc.size(2);
+  const int64_t NW = std::is_same_v<T, float> ? K.panel_f32 : K.panel_f64;
+  const int64_t npanels = (H + NW - 1) / NW;
+  at::Tensor Wp = at::empty({npanels * H * NW}, Yc.options());
+  T* wp = Wp.mutable_data_ptr<T>();
+  const T* w = Wc.const_data_ptr<T>();
+  BwdArgs<T> A{dYc.const_data_ptr<T>(), dhc.const_data_ptr<T>(), Yc.const_data_ptr<T>(), wp, lp,
+               dA.mutable_data_ptr<T>(), dh0.mutable_data_ptr<T>(), T_, B, H, reverse, act};
+  auto pack = [&](int64_t p0, int64_t p1) {
+    if constexpr (std::is_same_v<T, float>) {
+      K.pack_f32(w, H, false, p0, p1, wp);
+    } else {
+      K.pack_f64(w, H, false, p0, p1, wp);
+    }
+  };
+  auto kern = [&](const Work& wk) {
+    if constexpr (std::is_same_v<T, float>) {
+      K.bwd_f32(A, wk);
+    } else {
+      K.bwd_f64(A, wk);
+    }
+  };
+  return run_workers(path, T_, B, H, npanels, K.max_rows, threads, pack, kern);
+}
+
 std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at::Tensor& dh_n, const at::Tensor& Y,
                                                  const at::Tensor& w_hh, const c10::optional<at::Tensor>& lengths,
                                                  bool reverse, c10::string_view nonlinearity_sv,
@@ -303,32 +620,56 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
   const at::Tensor dYc = dY.to(ct).contiguous();
   const at::Tensor dhc = dh_n.to(ct).contiguous();
   const at::Tensor Yc = Y.to(ct).contiguous();
-  const at::Tensor W = w_hh.to(ct).contiguous();
+  const at::Tensor Wc = w_hh.to(ct).contiguous();
   // dA in the compute dtype (fp32 for fp16/bf16): the carried gradient uses the unrounded value, dA is rounded once
   // when converted to the storage dtype at the end -- the reference's order.
   at::Tensor dA = L.has_value() ? at::zeros({T_, B, H}, Yc.options()) : at::empty({T_, B, H}, Yc.options());
   at::Tensor dh0 = at::empty({B, H}, Yc.options());
   const KernelTable& K = *active_kernels().load();
   const int64_t* lp = L.has_value() ? L->const_data_ptr<int64_t>() : nullptr;
-  const bool blas = use_blas(B, H);
+  const int64_t threads = usable_threads();
+  const int64_t NW = ct == at::kFloat ? K.panel_f32 : K.panel_f64;
+  const Path path = choose_path(T_, B, H, threads, (H + NW - 1) / NW, K.max_rows);
 
-  if (blas && ct == at::kFloat) {
-    bwd_blas<float>(dYc, dhc, Yc, W, lp, dA, dh0, reverse, act);
-  } else if (blas) {
-    bwd_blas<double>(dYc, dhc, Yc, W, lp, dA, dh0, reverse, act);
+  int workers = 1;
+  if (path == Path::Blas) {
+    if (ct == at::kFloat) {
+      bwd_blas<float>(dYc, dhc, Yc, Wc, lp, dA, dh0, reverse, act);
+    } else {
+      bwd_blas<double>(dYc, dhc, Yc, Wc, lp, dA, dh0, reverse, act);
+    }
+    workers = static_cast<int>(threads);
   } else if (ct == at::kFloat) {
-    BwdArgs<float> A{dYc.const_data_ptr<float>(), dhc.const_data_ptr<float>(), Yc.const_data_ptr<float>(),
-                     W.const_data_ptr<float>(), lp, dA.mutable_data_ptr<float>(), dh0.mutable_data_ptr<float>(),
-                     T_, B, H, reverse, act};
-    for_row_blocks<float>(T_, B, H, [&](int64_t b0, int64_t b1, float* s) { K.bwd_f32(A, b0, b1, s); });
+    workers = bwd_own<float>(K, path, threads, dYc, dhc, Yc, Wc, lp, dA, dh0, reverse, act);
   } else {
-    BwdArgs<double> A{dYc.const_data_ptr<double>(), dhc.const_data_ptr<double>(), Yc.const_data_ptr<double>(),
-                      W.const_data_ptr<double>(), lp, dA.mutable_data_ptr<double>(), dh0.mutable_data_ptr<double>(),
-                      T_, B, H, reverse, act};
-    for_row_blocks<double>(T_, B, H, [&](int64_t b0, int64_t b1, double* s) { K.bwd_f64(A, b0, b1, s); });
+    workers = bwd_own<double>(K, path, threads, dYc, dhc, Yc, Wc, lp, dA, dh0, reverse, act);
   }
+  set_last_run(K, path, workers);
   if (ct != st) return {dA.to(st), dh0.to(st)};
   return {dA, dh0};
+}
+
+// ---- test hook: a call nested inside another parallel region --------------------------------------------------
+// Runs elman_fwd and then elman_bwd `copies` times inside at::parallel_for (grain 1: one copy per chunk), the way an
+// op that parallelises over something else would call into this backend. Returns Y [copies, T, B, H],
+// dA [copies, T, B, H] and, per copy, what ran ("<fwd last run> | <bwd last run> | nested=<0|1>").
+std::tuple<at::Tensor, at::Tensor, std::vector<std::string>> cpu_nested_op(const at::Tensor& P, const at::Tensor& h0,
+                                                                            const at::Tensor& w_hh, int64_t copies) {
+  TORCH_CHECK(copies >= 1, "fused_rnn.cpu_nested: copies must be >= 1");
+  std::vector<at::Tensor> Ys(copies), dAs(copies);
+  std::vector<std::string> runs(copies);
+  at::parallel_for(0, copies, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const bool nested = at::in_parallel_region() || c10::ParallelGuard::is_enabled();
+      auto fw = elman_fwd_cpu(P, h0, w_hh, c10::nullopt, false, "tanh", "", false);
+      const std::string f = t_last_run;
+      auto bw = elman_bwd_cpu(P, h0, std::get<0>(fw), w_hh, c10::nullopt, false, "tanh", "", false);
+      Ys[i] = std::get<0>(fw);
+      dAs[i] = std::get<0>(bw);
+      runs[i] = f + " | " + t_last_run + " | nested=" + (nested ? "1" : "0");
+    }
+  });
+  return {at::stack(Ys), at::stack(dAs), runs};
 }
 
 }  // namespace
@@ -336,7 +677,9 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
 
 TORCH_LIBRARY_FRAGMENT(fused_rnn, m) {
   m.def("cpu_isa(str request='') -> str", &cpu::cpu_isa_op);
-  m.def("cpu_blas_min_batch(int n=-1) -> int", &cpu::cpu_blas_min_batch_op);
+  m.def("cpu_path(str request='') -> str", &cpu::cpu_path_op);
+  m.def("cpu_last_run() -> str", &cpu::cpu_last_run_op);
+  m.def("cpu_nested(Tensor P, Tensor h0, Tensor w_hh, int copies) -> (Tensor, Tensor, str[])", &cpu::cpu_nested_op);
 }
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {

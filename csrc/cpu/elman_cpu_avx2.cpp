@@ -1,9 +1,10 @@
-// The CPU recurrence kernels for AVX2 + FMA CPUs (32-byte vectors), compiled with a target pragma so the rest of the
-// extension stays baseline x86-64; elman_cpu.cpp calls these only when cpuid reports AVX2 and FMA.
-#include <algorithm>
+// The CPU recurrence kernels for AVX2 + FMA CPUs (32-byte vectors, 16 registers), compiled with a target pragma so
+// the rest of the extension stays baseline x86-64; elman_cpu.cpp calls these only when cpuid reports AVX2 and FMA.
+// (FMA is in the target so the compiler may use it for address/integer work it likes; the float arithmetic is
+// compiled without contraction, see elman_cpu_kernels.inc "Numerics".)
 #include <cmath>
 #include <cstdint>
-#include <cstring>
+#include <utility>
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -19,6 +20,7 @@
 #pragma GCC optimize("fp-contract=off")
 #define FUSED_RNN_ISA avx2
 #define FUSED_RNN_VBYTES 32
+#define FUSED_RNN_VREGS 16
 #include "elman_cpu_kernels.inc"
 
 #pragma GCC pop_options
@@ -26,8 +28,7 @@
 namespace fused_rnn {
 namespace cpu {
 const KernelTable& avx2_kernels() {
-  static const KernelTable table{"avx2", avx2::fwd_f32, avx2::fwd_f64, avx2::bwd_f32,
-                                 avx2::bwd_f64, avx2::act_f32, avx2::act_f64};
+  static const KernelTable table = avx2::make_table("avx2");
   return table;
 }
 }  // namespace cpu
