@@ -34,12 +34,12 @@
 namespace fused_rnn {
 namespace cpu {
 
-// ---- the per-step barrier of a hidden split -------------------------------------------------------------------
-// Waiting: spin (a partner a few µs behind is the common case on an idle machine), then yield, then sleep in short
-// naps -- on a shared machine the partner may be descheduled for a whole time slice, and a pure spin would then
-// hold the core it needs.
+// ---- waiting ----------------------------------------------------------------------------------------------------
+// Spin (a partner a few µs behind is the common case on an idle machine), then yield, then sleep in short naps -- on
+// a shared machine the partner may be descheduled for a whole time slice, and a pure spin would then hold the core
+// it needs.
 namespace {
-constexpr int64_t kSpinNs = 20000;     // 20 µs of pause-spinning
+constexpr int64_t kSpinNs = 50000;     // 50 µs of pause-spinning
 constexpr int64_t kYieldNs = 1000000;  // then sched_yield up to 1 ms, then 50 µs sleeps
 
 inline int64_t now_ns() {
@@ -55,13 +55,9 @@ inline void cpu_relax() {
 
 class Backoff {
  public:
+  Backoff() : t0_(now_ns()) {}
   void wait() {
-    if (++n_ < 128) {  // the first ~5 µs without reading the clock
-      cpu_relax();
-      return;
-    }
-    if (t0_ == 0) t0_ = now_ns();
-    if ((n_ & 15) == 0) elapsed_ = now_ns() - t0_;
+    if ((++n_ & 15) == 0) elapsed_ = now_ns() - t0_;
     if (elapsed_ < kSpinNs) {
       cpu_relax();
     } else if (elapsed_ < kYieldNs) {
@@ -70,40 +66,19 @@ class Backoff {
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
-  int64_t elapsed_ns() { return t0_ == 0 ? 0 : now_ns() - t0_; }
+  int64_t elapsed_ns() const { return now_ns() - t0_; }
 
  private:
-  int64_t n_ = 0, t0_ = 0, elapsed_ = 0;
+  int64_t n_ = 0, t0_, elapsed_ = 0;
 };
-}  // namespace
-
-struct StepBarrier {
-  alignas(64) std::atomic<int> arrived{0};
-  alignas(64) std::atomic<int> gen{0};
-};
-
-// Sense by generation: the last of nparts to arrive resets the count and publishes the next generation (release);
-// the others wait for it (acquire), so every write a worker made before the barrier is visible after it.
-void barrier_wait(StepBarrier* b, int nparts) {
-  const int g = b->gen.load(std::memory_order_acquire);
-  if (b->arrived.fetch_add(1, std::memory_order_acq_rel) == nparts - 1) {
-    b->arrived.store(0, std::memory_order_relaxed);
-    b->gen.store(g + 1, std::memory_order_release);
-    return;
-  }
-  Backoff backoff;
-  while (b->gen.load(std::memory_order_acquire) == g) backoff.wait();
-}
-
-namespace {
 
 // ---- who takes part in a hidden split --------------------------------------------------------------------------
 // at::parallel_for(0, n, 1, f) may call f fewer than n times (nested, or one thread: once, inline, for all n) and,
 // with a thread pool shared by several callers, may start some calls late. So the workers are counted where they
 // arrive: each call of f joins the gate with the number of items it covers; the gate closes when all n items are
 // covered, or when `timeout_ns` has passed since the first arrival. The workers that joined before the close split
-// the panels among themselves; a call arriving after it does nothing. Every worker that takes part is a running
-// thread that has entered the loop, so the per-step barrier among them always completes: no deadlock, whatever the
+// the work; a call arriving after it does nothing. Every worker that takes part is a running thread that has entered
+// the loop, and a round (below) never waits for a worker that holds no claimed panel: no deadlock, whatever the
 // threading backend, nesting or load (a slow start costs at most the timeout, then the work runs on fewer threads,
 // with bitwise the same results).
 class Gate {
@@ -136,11 +111,125 @@ class Gate {
     *nparts = static_cast<int>(w & 0xffffffffu);
     return idx;
   }
+  // The number of workers, once closed (0 before).
+  int nparts() const {
+    const uint64_t w = word_.load(std::memory_order_acquire);
+    return (w & kClosed) ? static_cast<int>(w & 0xffffffffu) : 0;
+  }
 
  private:
   static constexpr uint64_t kClosed = 1ull << 63;
   alignas(64) std::atomic<uint64_t> word_{0};  // bit 63 closed | bits 32-62 items covered | bits 0-31 workers
 };
+
+}  // namespace
+
+// ---- the rounds of a hidden split ------------------------------------------------------------------------------
+// Worker i of P owns the panels [npanels·i/P, npanels·(i+1)/P) and claims them front to back, one `unit` at a time,
+// with a compare-and-swap on its own cache line; a worker whose own panels are gone takes what is left of another's
+// from the back -- at once when the other is 2+ units behind, after kStealGraceNs of waiting otherwise. Each worker
+// adds the panels it finished to one shared counter before it waits; the round is complete when the counter reaches
+// npanels·(round + 1). So on an idle machine every worker computes exactly its own panels each step (its share of
+// W_hh stays in its core's cache), and when the OS deschedules a worker, the others carry on with its panels
+// instead of waiting a time slice at every step (a fixed per-step barrier measured 3 ms/step against 0.7 ms serial
+// at B=4, H=1024 with the machine loaded ~10 on 2 cores, 2026-12-01). A worker descheduled while it holds a claimed
+// panel still delays that round.
+// If a round waits longer than kSoloAfterNs (a worker holding a panel is descheduled: on an idle machine the waits
+// are a few µs), the waiting worker finishes the call alone and the others retire as they come back; the result
+// bits do not depend on who computes what.
+namespace {
+constexpr int64_t kStealGraceNs = 5000;
+constexpr int64_t kSoloAfterNs = 50000;
+}  // namespace
+
+struct Team {
+  Team(int64_t npanels_, int64_t max_workers) : npanels(npanels_), ranges(new Range[max_workers]) {}
+
+  struct alignas(64) Range {
+    std::atomic<uint64_t> word{0};  // bits 32-63: round + 1 (0: never claimed) | 16-31: lo | 0-15: hi
+    int64_t pending = 0;            // panels the owner finished and has not added to `done` yet
+  };
+
+  // Claims up to `unit` panels of worker v's range in `round` (from the front if `front`, else from the back) when
+  // at least min_avail are left.
+  bool claim(int v, int P, int64_t round, int64_t unit, bool front, int64_t min_avail, int64_t* a, int64_t* b) {
+    Range& rg = ranges[v];
+    const uint64_t tag = static_cast<uint64_t>(round + 1);
+    uint64_t w = rg.word.load(std::memory_order_acquire);
+    for (;;) {
+      const uint64_t wr = w >> 32;
+      if (wr > tag) return false;  // a later round has begun: this one is complete
+      int64_t lo, hi;
+      if (wr < tag) {  // untouched in this round: the owner's whole range
+        lo = npanels * v / P;
+        hi = npanels * (v + 1) / P;
+      } else {
+        lo = static_cast<int64_t>((w >> 16) & 0xffffu);
+        hi = static_cast<int64_t>(w & 0xffffu);
+      }
+      if (hi - lo < std::max<int64_t>(1, min_avail)) return false;
+      const int64_t take = std::min(unit, hi - lo);
+      int64_t nlo = lo, nhi = hi;
+      if (front) {
+        *a = lo;
+        *b = nlo = lo + take;
+      } else {
+        *a = nhi = hi - take;
+        *b = hi;
+      }
+      const uint64_t nw = (tag << 32) | (static_cast<uint64_t>(nlo) << 16) | static_cast<uint64_t>(nhi);
+      if (rg.word.compare_exchange_weak(w, nw, std::memory_order_acq_rel, std::memory_order_acquire)) return true;
+    }
+  }
+
+  bool steal(int self, int P, int64_t round, int64_t unit, int64_t min_avail, int64_t* a, int64_t* b) {
+    for (int k = 1; k < P; ++k) {
+      if (claim((self + k) % P, P, round, unit, false, min_avail, a, b)) return true;
+    }
+    return false;
+  }
+
+  const int64_t npanels;  // < 2^16 (the claim word's fields); larger W_hh runs serially
+  Gate gate;
+  std::atomic<int> solo{-1};  // >= 0: the worker that finishes the call alone, the others retire
+  alignas(64) std::atomic<int64_t> done{0};  // panels completed, all rounds together
+  std::unique_ptr<Range[]> ranges;
+};
+
+bool team_next(Team* team, int worker, int64_t round, int unit, int64_t finished, int64_t* a, int64_t* b) {
+  const int P = team->gate.nparts();
+  Team::Range& me = team->ranges[worker];
+  me.pending += finished;
+  auto flush = [&] {  // count what this worker finished: the others may be waiting for it
+    if (me.pending > 0) team->done.fetch_add(me.pending, std::memory_order_release);
+    me.pending = 0;
+  };
+  int solo = team->solo.load(std::memory_order_acquire);
+  if (solo >= 0 && solo != worker) {  // another worker runs the rest of the call alone: retire
+    flush();
+    return false;
+  }
+  if (team->claim(worker, P, round, unit, true, 1, a, b)) return true;
+  flush();
+  if (team->steal(worker, P, round, unit, solo == worker ? 1 : 2 * unit, a, b)) return true;
+  const int64_t target = team->npanels * (round + 1);
+  Backoff backoff;
+  for (;;) {
+    if (team->done.load(std::memory_order_acquire) >= target) return false;
+    const int64_t waited = backoff.elapsed_ns();
+    if ((solo == worker || waited > kStealGraceNs) && team->steal(worker, P, round, unit, 1, a, b)) return true;
+    if (solo < 0 && waited > kSoloAfterNs) {
+      // A worker we wait for is not running (it holds a claimed panel): the OS has other work for this machine's
+      // cores. Finish the call alone rather than wait for a descheduled worker at every step.
+      int expected = -1;
+      solo = team->solo.compare_exchange_strong(expected, worker, std::memory_order_acq_rel) ? worker : expected;
+    }
+    if (solo >= 0 && solo != worker) return false;
+    backoff.wait();
+  }
+}
+
+namespace {
 
 // ---- instruction-set choice (run time: the binary runs on any x86-64 CPU) -------------------------------------
 bool cpu_has_avx2() {
@@ -216,7 +305,8 @@ std::string cpu_isa_op(const std::string& request) {
 
 // ---- which loop runs a call ------------------------------------------------------------------------------------
 //   serial  one thread, all rows and columns (also whenever we run inside a parallel region or with one thread)
-//   hidden  the workers split the result columns (panels of W_hh) and meet at a barrier once per step
+//   hidden  the workers split the result columns (panels of W_hh) step by step (Team: each owns a share, takes
+//           over a descheduled one's)
 //   batch   the workers split the batch rows, each with all of W_hh, and never wait for each other
 //   blas    one BLAS GEMM per step into a [B, H] slice (MKL blocks W and splits the GEMM over its threads)
 // serial, hidden and batch run the same per-output summation (elman_cpu_kernels.inc, "Determinism"): bitwise equal
@@ -284,27 +374,48 @@ int64_t usable_threads() {
   return std::max<int64_t>(1, at::get_num_threads());
 }
 
-Path auto_path(int64_t T_, int64_t B, int64_t H, int64_t threads);
+// ---- the automatic choice -------------------------------------------------------------------------------------
+// Never the per-step BLAS path: the own kernels keep results independent of the thread count, and they match or
+// beat MKL's per-step GEMM below B = 64. Single thread, µs per step, own forward kernel (tanh included) vs
+// at::addmm (the GEMM nn.RNN runs per step), GMAC/s in brackets -- this 2-core AMD EPYC (Zen 4), AVX-512 build,
+// thread CPU time (immune to the other processes of this shared machine, not to their cache use), 2026-12-01:
+//   B=1   H=1024:   79 (13.3) vs   87 (12.0)      B=4   H=1024:  137 (30.7) vs 330 (12.7)
+//   B=16  H=1024:  470 (35.7) vs  594 (28.3)      B=64  H=512:   443 (37.9) vs 392 (42.8)
+//   B=256 H=256:   496 (33.8) vs  368 (45.5)
+// At B >= 64 MKL's GEMM is 10-35% faster per step on one core; select.py's policy sends those shapes to nn.RNN's
+// own kernel, and the per-step BLAS path stays available by hand (torch.ops.fused_rnn.cpu_path("blas")).
+//
+// Splitting a call across threads costs a fork (~10-20 µs) and, for the hidden split, a round per step (a few
+// cache-line hand-offs, ~0.5 µs on an idle machine): worth it from ~50k multiply-adds per step (H = 224 at B = 1)
+// and ~2M per call. Best-of-150 wall times, µs per step, serial / hidden / batch, 2 threads, same machine, loaded
+// (load average ~11 on 2 cores; best-of approximates the idle machine), 2026-12-01:
+//   B=1  H=256:    3.7 /   2.2 / -        B=1  H=512:   15.4 /   7.7 / -       B=1  H=1024: 143 /  55 / -
+//   B=4  H=512:   33.2 /  16.7 / -        B=16 H=256:   28.5 /  14.3 / 20.6   B=16 H=512:  125 /  62 / 78
+//   B=64 H=512:    489 /   224 / 235      B=256 H=256:   480 /   230 / 221
+// So the hidden split up to B = 32 (a balanced share of every step for each worker, its part of W_hh in its own
+// L2), the batch split above (no per-step hand-off at all: the sturdier choice when the machine is busy, and as fast
+// once every worker has several register tiles of rows).
+constexpr int64_t kSplitMinStepWork = 48 * 1024;        // B·H² multiply-adds per step
+constexpr int64_t kSplitMinCallWork = 2 * 1024 * 1024;  // T·B·H²
+constexpr int64_t kHiddenMaxBatch = 32;
 
-Path choose_path(int64_t T_, int64_t B, int64_t H, int64_t threads, int64_t npanels, int64_t max_rows) {
-  const int64_t forced = forced_path().load();
-  Path p = static_cast<Path>(forced);
-  if (p == Path::Auto) p = auto_path(T_, B, H, threads);
-  if (p == Path::Blas) return p;  // BLAS threads itself (and runs single-threaded when nested)
-  if (threads <= 1) return Path::Serial;
-  if (p == Path::Hidden && npanels < 2) return Path::Serial;
-  if (p == Path::Batch && B <= max_rows) return Path::Serial;
-  return p;
+Path auto_path(int64_t T_, int64_t B, int64_t H, int64_t threads, int64_t npanels, int64_t max_rows) {
+  const int64_t step = B * H * H;
+  if (threads <= 1 || step < kSplitMinStepWork || T_ * step < kSplitMinCallWork) return Path::Serial;
+  const bool hidden_ok = npanels >= 2 && npanels < (1 << 16), batch_ok = B > max_rows;
+  if (hidden_ok && (B <= kHiddenMaxBatch || !batch_ok)) return Path::Hidden;
+  return batch_ok ? Path::Batch : Path::Serial;
 }
 
-// ---- the automatic choice -------------------------------------------------------------------------------------
-// (thresholds: see the measurements in the comment; filled in below)
-Path auto_path(int64_t T_, int64_t B, int64_t H, int64_t threads) {
-  (void)T_;
+Path choose_path(int64_t T_, int64_t B, int64_t H, int64_t threads, int64_t npanels, int64_t max_rows) {
+  Path p = static_cast<Path>(forced_path().load());
+  if (p == Path::Auto) return auto_path(T_, B, H, threads, npanels, max_rows);
+  // forced: as asked, or serially where it cannot split
+  if (p == Path::Blas) return p;  // BLAS threads itself (and runs single-threaded when nested)
   if (threads <= 1) return Path::Serial;
-  if (B * H * H < 100000) return Path::Serial;
-  if (B <= 16) return Path::Hidden;
-  return Path::Batch;
+  if (p == Path::Hidden && (npanels < 2 || npanels >= (1 << 16))) return Path::Serial;
+  if (p == Path::Batch && B <= max_rows) return Path::Serial;
+  return p;
 }
 
 // ---- shared helpers --------------------------------------------------------------------------------------------
@@ -346,42 +457,39 @@ struct AlignedBuf {
   char* data;
 };
 
-// Runs kern(work) over the workers of `path` after pack(p0, p1) has packed the panels a worker reads. Returns the
-// number of workers that ran. Everything allocated here is allocated before any worker starts (a worker never
-// throws, so a barrier never waits for one that left).
+// Runs kern(work) over the workers of `path`; pack(p0, p1) packs panels [p0, p1) of W_hh where the workers do not
+// pack it themselves (the batch split: every worker reads all of it). Returns the number of workers that ran.
+// Everything is allocated before any worker starts (a worker never throws, so no worker ever waits for one that
+// left).
 template <typename Pack, typename Kern>
 int run_workers(Path path, int64_t T_, int64_t B, int64_t H, int64_t npanels, int64_t max_rows, int64_t threads,
                 const Pack& pack, const Kern& kern) {
   const int64_t sbytes = (work_scratch_bytes(B) + 63) / 64 * 64;
   if (path == Path::Serial) {
     AlignedBuf scratch(sbytes);
-    pack(0, npanels);
-    kern(Work{0, B, 0, npanels, nullptr, 1, scratch.data});
+    kern(Work{0, B, 0, npanels, nullptr, 0, true, scratch.data});
     return 1;
   }
   if (path == Path::Batch) {
-    // rows in blocks of a register tile; each block runs all T steps with all of W_hh: no synchronisation.
-    const int64_t nblocks = (B + max_rows - 1) / max_rows;
-    const int64_t nw = std::min(threads, nblocks);
-    const int64_t per = (nblocks + nw - 1) / nw;  // blocks per worker
+    // the rows split evenly (at least one register tile each); each worker runs all T steps with all of W_hh: no
+    // synchronisation at all.
+    const int64_t nw = std::min(threads, (B + max_rows - 1) / max_rows);
     AlignedBuf scratch(sbytes * nw);
     at::parallel_for(0, npanels, 1, [&](int64_t p0, int64_t p1) { pack(p0, p1); });
     std::atomic<int> used{0};
     at::parallel_for(0, nw, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
-        const int64_t b0 = std::min(B, i * per * max_rows), b1 = std::min(B, (i + 1) * per * max_rows);
-        if (b0 < b1) kern(Work{b0, b1, 0, npanels, nullptr, 1, scratch.data + i * sbytes});
+        kern(Work{B * i / nw, B * (i + 1) / nw, 0, npanels, nullptr, 0, false, scratch.data + i * sbytes});
       }
       used.fetch_add(1, std::memory_order_relaxed);
     });
     return used.load();
   }
-  // Hidden: the workers (counted at the gate) split the panels; each packs its own, so its share of W_hh is first
-  // touched, and then kept, in its own core's cache.
+  // Hidden: the workers (counted at the gate) share the panels in rounds (Team); each packs its own panels in round
+  // 0, so its share of W_hh is first touched, and then kept, in its own core's cache.
   const int64_t nreq = std::min(threads, npanels);
   AlignedBuf scratch(sbytes * nreq);
-  Gate gate;
-  StepBarrier bar;
+  Team team(npanels, nreq);
   std::atomic<int> used{1};
   // A start later than ~1/16 of the serial run time is not worth waiting for (50 µs .. 2 ms; ~8 multiply-adds/ns).
   const int64_t est_ns = T_ * B * H * H / 8;
@@ -390,11 +498,10 @@ int run_workers(Path path, int64_t T_, int64_t B, int64_t H, int64_t npanels, in
   at::parallel_for(0, nreq, 1, [&](int64_t i0, int64_t i1) {
     if (late && i1 == nreq && i0 > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(timeout_ns + 2000000));
     int nparts = 1;
-    const int idx = gate.join(i1 - i0, nreq, timeout_ns, &nparts);
+    const int idx = team.gate.join(i1 - i0, nreq, timeout_ns, &nparts);
     if (idx < 0) return;
     const int64_t p0 = npanels * idx / nparts, p1 = npanels * (idx + 1) / nparts;
-    pack(p0, p1);
-    kern(Work{0, B, p0, p1, nparts > 1 ? &bar : nullptr, nparts, scratch.data + idx * sbytes});
+    kern(Work{0, B, p0, p1, nparts > 1 ? &team : nullptr, idx, true, scratch.data + idx * sbytes});
     if (idx == 0) used.store(nparts, std::memory_order_relaxed);
   });
   return used.load();
@@ -504,8 +611,8 @@ int fwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& 
   at::Tensor Wp = at::empty({npanels * H * NW}, Pc.options());  // 64-byte aligned (c10's CPU allocator)
   T* wp = Wp.mutable_data_ptr<T>();
   const T* w = Wc.const_data_ptr<T>();
-  FwdArgs<T> A{Pc.const_data_ptr<T>(), h0c.const_data_ptr<T>(), wp, lp, Y.mutable_data_ptr<T>(),
-               h_n.mutable_data_ptr<T>(), T_, B, H, reverse, act, rm};
+  FwdArgs<T> A{Pc.const_data_ptr<T>(), h0c.const_data_ptr<T>(), w, wp, lp, Y.mutable_data_ptr<T>(), T_, B, H,
+               reverse, act, rm};
   auto pack = [&](int64_t p0, int64_t p1) {
     if constexpr (std::is_same_v<T, float>) {
       K.pack_f32(w, H, true, p0, p1, wp);
@@ -520,7 +627,15 @@ int fwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& 
       K.fwd_f64(A, wk);
     }
   };
-  return run_workers(path, T_, B, H, npanels, K.max_rows, threads, pack, kern);
+  const int workers = run_workers(path, T_, B, H, npanels, K.max_rows, threads, pack, kern);
+  // h_n[b] = Y at row b's last step in order (every row has one: lengths >= 1)
+  const T* y = Y.const_data_ptr<T>();
+  T* hn = h_n.mutable_data_ptr<T>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t t = reverse ? 0 : (lp != nullptr ? lp[b] : T_) - 1;
+    std::memcpy(hn + b * H, y + (t * B + b) * H, H * sizeof(T));
+  }
+  return workers;
 }
 
 std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::Tensor& h0, const at::Tensor& w_hh,
@@ -582,7 +697,7 @@ int bwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& 
   at::Tensor Wp = at::empty({npanels * H * NW}, Yc.options());
   T* wp = Wp.mutable_data_ptr<T>();
   const T* w = Wc.const_data_ptr<T>();
-  BwdArgs<T> A{dYc.const_data_ptr<T>(), dhc.const_data_ptr<T>(), Yc.const_data_ptr<T>(), wp, lp,
+  BwdArgs<T> A{dYc.const_data_ptr<T>(), dhc.const_data_ptr<T>(), Yc.const_data_ptr<T>(), w, wp, lp,
                dA.mutable_data_ptr<T>(), dh0.mutable_data_ptr<T>(), T_, B, H, reverse, act};
   auto pack = [&](int64_t p0, int64_t p1) {
     if constexpr (std::is_same_v<T, float>) {

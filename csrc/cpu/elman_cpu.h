@@ -24,10 +24,10 @@ template <typename T>
 struct FwdArgs {
   const T* P;               // [T, B, H] pre-activations (both biases included)
   const T* h0;              // [B, H]
-  const T* Wp;              // w_hhᵀ packed in panels by KernelTable::pack(transpose = true), npanels(H)·H·NW values
+  const T* W;               // [H, H] w_hh as given
+  T* Wp;                    // npanels·H·NW values: w_hhᵀ in panels (packed by the workers when Work::pack)
   const int64_t* lengths;   // [B], already validated to lie in [1, T]; nullptr = all T
   T* Y;                     // [T, B, H] out; must be zero-filled when lengths != nullptr (padded steps stay 0)
-  T* h_n;                   // [B, H] out
   int64_t T_, B, H;
   bool reverse;
   int act;                  // 0 tanh, 1 relu
@@ -39,7 +39,8 @@ struct BwdArgs {
   const T* dY;              // [T, B, H]
   const T* dh_n;            // [B, H]
   const T* Y;               // [T, B, H] the forward's output
-  const T* Wp;              // w_hh as given, packed by KernelTable::pack(transpose = false)
+  const T* W;               // [H, H] w_hh as given
+  T* Wp;                    // npanels·H·NW values: w_hh in panels (packed by the workers when Work::pack)
   const int64_t* lengths;   // [B] in [1, T] or nullptr
   T* dA;                    // [T, B, H] out; must be zero-filled when lengths != nullptr
   T* dh0;                   // [B, H] out; also the carried gradient during the loop
@@ -48,23 +49,30 @@ struct BwdArgs {
   int act;
 };
 
-// The barrier the workers of one hidden-split call meet at once per step (defined in elman_cpu.cpp, compiled for the
-// baseline ISA; called out of line, ~once per step).
-struct StepBarrier;
-void barrier_wait(StepBarrier* bar, int nparts);
+// The workers of one hidden-split call (defined in elman_cpu.cpp, compiled for the baseline ISA). The work is done
+// in rounds (packing, then one per step); a round is a set of panels (column blocks of the result) that every worker
+// needs complete before the next round. team_next hands this worker its next panels [*a, *b) of `round` (up to
+// `unit` of them): from its own range first (so its share of W_hh stays in its core's cache), then from the others'
+// leftovers; `finished` = how many panels it completed since its last call. Returns false once the whole round is
+// complete (all panels done by someone), or at once for the rest of the call when another worker has taken the
+// call over (this one was descheduled too long: it then only walks through the remaining steps, computing
+// nothing). Called a few times per step, out of line.
+struct Team;
+bool team_next(Team* team, int worker, int64_t round, int unit, int64_t finished, int64_t* a, int64_t* b);
 
-// One worker's share of a call: batch rows [b0, b1) and panels [p0, p1) (the result columns
-// [p0·NW, min(p1·NW, H))) for all T steps. bar == nullptr: no other worker needs this one's results during the loop
-// (serial, or a batch split); otherwise every one of the nparts workers owns all rows and a disjoint panel range, and
-// they all call barrier_wait the same number of times. scratch: work_scratch_bytes(B) bytes, 64-byte aligned.
+// One worker's share of a call: batch rows [b0, b1) for all T steps, and the panels [p0, p1) -- the result columns
+// [p0·NW, min(p1·NW, H)) -- it owns (alone: all it computes; in a team: where it starts, see team_next). pack: the
+// workers pack W into Wp themselves (round 0) rather than finding it packed. scratch: work_scratch_bytes(B) bytes,
+// 64-byte aligned.
 struct Work {
   int64_t b0, b1, p0, p1;
-  StepBarrier* bar;
-  int nparts;
+  Team* team;  // nullptr: no other worker needs this one's results during the loop (serial, or a batch split)
+  int worker;
+  bool pack;
   void* scratch;
 };
 
-inline int64_t work_scratch_bytes(int64_t B) { return 16 * B + 4096; }
+inline int64_t work_scratch_bytes(int64_t B) { return 24 * B + 4096; }
 
 // One instruction set's kernels.
 struct KernelTable {
