@@ -100,7 +100,8 @@ def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", nargs="*", default=[",".join(map(str, s)) for s in SHAPES], help="T,B,H triples (I = H)")
+    ap.add_argument("--shapes", nargs="*", default=[",".join(map(str, s)) for s in SHAPES],
+                    help="T,B,H triples (I = H)")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--min-s", type=float, default=0.02, help="minimum seconds per timed sample")
     ap.add_argument("--threads", type=int, default=2)
