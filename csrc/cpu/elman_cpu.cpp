@@ -402,7 +402,8 @@ constexpr int64_t kHiddenMaxBatch = 32;
 Path auto_path(int64_t T_, int64_t B, int64_t H, int64_t threads, int64_t npanels, int64_t max_rows) {
   const int64_t step = B * H * H;
   if (threads <= 1 || step < kSplitMinStepWork || T_ * step < kSplitMinCallWork) return Path::Serial;
-  const bool hidden_ok = npanels >= 2 && npanels < (1 << 16), batch_ok = B > max_rows;
+  // the hidden split's claim words hold panel indices in 16 bits and the round in 32
+  const bool hidden_ok = npanels >= 2 && npanels < (1 << 16) && T_ < (int64_t(1) << 31), batch_ok = B > max_rows;
   if (hidden_ok && (B <= kHiddenMaxBatch || !batch_ok)) return Path::Hidden;
   return batch_ok ? Path::Batch : Path::Serial;
 }
@@ -413,7 +414,7 @@ Path choose_path(int64_t T_, int64_t B, int64_t H, int64_t threads, int64_t npan
   // forced: as asked, or serially where it cannot split
   if (p == Path::Blas) return p;  // BLAS threads itself (and runs single-threaded when nested)
   if (threads <= 1) return Path::Serial;
-  if (p == Path::Hidden && (npanels < 2 || npanels >= (1 << 16))) return Path::Serial;
+  if (p == Path::Hidden && (npanels < 2 || npanels >= (1 << 16) || T_ >= (int64_t(1) << 31))) return Path::Serial;
   if (p == Path::Batch && B <= max_rows) return Path::Serial;
   return p;
 }
