@@ -1,7 +1,8 @@
-"""The C++ CPU backend's threads: the hidden split (workers own columns of W_hh and meet once per step), the batch
+"""The C++ CPU backend's threads: the hidden split (workers own columns of W_hh, computed step by step), the batch
 split, nesting inside another parallel region, one thread, concurrent callers on a busy machine, every ISA -- and
-the promise that ties them together: the own loops give bitwise the same Y, h_n, dA and dh0 for every instruction
-set, path and thread count (csrc/cpu/elman_cpu_kernels.inc, "Determinism"). Also the fp32 tanh at its extremes.
+the promise that ties them together: the own loops give bitwise the same Y, h_n, dA and dh0 for every path and
+thread count, and across the FMA builds (csrc/cpu/elman_cpu_kernels.inc, "Determinism"). Also the fp32 tanh at its
+extremes, bitwise the same in every build.
 
 Shapes: T time, B batch, H hidden. Every test runs under a timeout: a split that could deadlock fails, it does not
 hang the suite.
@@ -16,7 +17,7 @@ import threading
 
 import pytest
 import torch
-from cpu_common import BEST_ISA, ISAS, OWN_PATHS, built, forced, last_run, num_threads  # tests/cpu_common.py
+from cpu_common import ISAS, OWN_PATHS, built, forced, last_run, num_threads  # tests/cpu_common.py
 
 from fused_rnn.backends import cpu as cpu_backend
 from fused_rnn.backends import reference
@@ -25,6 +26,7 @@ Tensor = torch.Tensor
 pytestmark = pytest.mark.skipif(not built(), reason="test_cpu_backend.py::test_extension_is_built reports it")
 
 MANY_THREADS = 2 * (os.cpu_count() or 1) + 1  # more threads than cores
+FMA_ISAS = ("avx2", "avx512")  # the builds whose matvec uses fused multiply-adds
 
 
 def _inputs(T: int, B: int, H: int, seed: int, lengths: bool, dtype: torch.dtype = torch.float32):
@@ -86,13 +88,19 @@ ODD_IDS = [f"T{T}-B{B}-H{H}{'-len' if lk else ''}{'-rev' if rv else ''}-{a}" for
 @pytest.mark.parametrize("T,B,H,lengths,reverse,act", ODD, ids=ODD_IDS)
 def test_odd_sizes_every_isa_path_and_thread_count(T: int, B: int, H: int, lengths: bool, reverse: bool,
                                                    act: str) -> None:
-    """The best ISA serially on one thread against the reference; then every (ISA, own path, threads in 1, 2 and
-    more than the cores) bitwise equal to it -- which also proves no variant contracts a multiply-add into an FMA
-    (that would change bits between the generic and the AVX builds)."""
+    """Each ISA serially on one thread against the reference; then every (own path, threads in 1, 2 and more than
+    the cores) bitwise equal to it; and the FMA builds (AVX2, AVX-512) bitwise equal to each other -- the same
+    fused multiply-adds in the same order per output, and the same tanh operations (a compiler contraction, or a
+    different order in one build, would show here)."""
     args = _inputs(T, B, H, seed=T * 7919 + B * 104729 + H, lengths=lengths)
-    with num_threads(1), forced(isa=BEST_ISA, path="serial"):
-        want, _ = _run(args, reverse, act)
-    _assert_close_ref(f"{BEST_ISA} serial", want, args, reverse, act)
+    wants = {}
+    for isa in ISAS:
+        with num_threads(1), forced(isa=isa, path="serial"):
+            wants[isa], _ = _run(args, reverse, act)
+        _assert_close_ref(f"{isa} serial", wants[isa], args, reverse, act)
+    fma = [isa for isa in ISAS if isa in FMA_ISAS]
+    for isa in fma[1:]:
+        _assert_bitwise(f"{isa} vs {fma[0]}", wants[isa], wants[fma[0]])
     for threads in (1, 2, MANY_THREADS):
         with num_threads(threads):
             for isa in ISAS:
@@ -100,7 +108,7 @@ def test_odd_sizes_every_isa_path_and_thread_count(T: int, B: int, H: int, lengt
                     with forced(isa=isa, path=path):
                         got, ran = _run(args, reverse, act)
                     assert all(r["isa"] == isa for r in ran), ran
-                    _assert_bitwise(f"{isa} {path} threads={threads} ran {ran}", got, want)
+                    _assert_bitwise(f"{isa} {path} threads={threads} ran {ran}", got, wants[isa])
 
 
 @pytest.mark.timeout(120)
@@ -277,6 +285,9 @@ def test_tanh_extremes(isa: str) -> None:
     sweep = torch.cat([torch.linspace(-12, 12, 20011), torch.linspace(-0.7, 0.7, 4001), torch.logspace(-30, 1, 997),
                        -torch.logspace(-30, 1, 997), special[:2], -special[:2],
                        torch.tensor([0.625, -0.625, 0.62499994, 8.999999, 9.000001, 9.02, -9.02])]).float()
-    err = _ulp_error(_tanh_through_kernel(sweep, isa), sweep)
+    ys = _tanh_through_kernel(sweep, isa)
+    err = _ulp_error(ys, sweep)
     print(f"{isa}: max error {float(err.max()):.3f} ulp over {sweep.numel()} points")
     assert float(err.max()) <= TANH_MAX_ULP, f"{isa}: {float(err.max()):.3f} ulp at x = {float(sweep[err.argmax()])}"
+    if isa != "generic":  # the same operations per lane in every build: the same bits
+        assert torch.equal(ys, _tanh_through_kernel(sweep, "generic")), f"{isa} tanh differs from the generic build"

@@ -376,14 +376,15 @@ int64_t usable_threads() {
 
 // ---- the automatic choice -------------------------------------------------------------------------------------
 // Never the per-step BLAS path: the own kernels keep results independent of the thread count, and they match or
-// beat MKL's per-step GEMM below B = 64. Single thread, µs per step, own forward kernel (tanh included) vs
-// at::addmm (the GEMM nn.RNN runs per step), GMAC/s in brackets -- this 2-core AMD EPYC (Zen 4), AVX-512 build,
-// thread CPU time (immune to the other processes of this shared machine, not to their cache use), 2026-12-01:
-//   B=1   H=1024:   79 (13.3) vs   87 (12.0)      B=4   H=1024:  137 (30.7) vs 330 (12.7)
-//   B=16  H=1024:  470 (35.7) vs  594 (28.3)      B=64  H=512:   443 (37.9) vs 392 (42.8)
-//   B=256 H=256:   496 (33.8) vs  368 (45.5)
-// At B >= 64 MKL's GEMM is 10-35% faster per step on one core; select.py's policy sends those shapes to nn.RNN's
-// own kernel, and the per-step BLAS path stays available by hand (torch.ops.fused_rnn.cpu_path("blas")).
+// beat MKL's per-step GEMM. Single thread, µs per step, own kernel forward (tanh included) / backward vs at::addmm
+// (the GEMM nn.RNN runs per step), GMAC/s in brackets -- this 2-core AMD EPYC (Zen 4), AVX-512 build (FMA), thread
+// CPU time (immune to the other processes of this shared machine, not to their cache use), 2026-12-01:
+//   B=1   H=256:     3.0 /   2.8 (21.9) vs   8.1 ( 8.1)    B=1   H=1024:  85 /  71 (12.3) vs  86 (12.2)
+//   B=4   H=1024:   114 /  98 (36.8) vs  361 (11.6)       B=16  H=256:   23 /  21 (45.5) vs  41 (25.8)
+//   B=16  H=1024:   359 / 348 (46.7) vs  812 (20.7)       B=64  H=512:  360 / 348 (46.6) vs 365 (46.0)
+//   B=256 H=256:    422 / 441 (39.8) vs  345 (48.7)
+// Only at B = 256 is MKL's GEMM ahead (~20%); select.py's policy sends B >= 64 to nn.RNN's own kernel anyway, and the
+// per-step BLAS path stays available by hand (torch.ops.fused_rnn.cpu_path("blas")).
 //
 // Splitting a call across threads costs a fork (~10-20 µs) and, for the hidden split, a round per step (a few
 // cache-line hand-offs, ~0.5 µs on an idle machine): worth it from ~50k multiply-adds per step (H = 224 at B = 1)

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <utility>
 
+#include <immintrin.h>  // the FMA intrinsics (target-attributed: usable in the pragma region below)
+
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -16,11 +18,13 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
 
-// No FMA contraction (g++ contracts by default in C++ even in ISO mode): see elman_cpu_kernels.inc, "Numerics".
+// No FMA contraction by the compiler (g++ contracts by default in C++ even in ISO mode); the matvec's explicit FMA:
+// elman_cpu_kernels.inc, "Numerics".
 #pragma GCC optimize("fp-contract=off")
 #define FUSED_RNN_ISA avx512
 #define FUSED_RNN_VBYTES 64
 #define FUSED_RNN_VREGS 32
+#define FUSED_RNN_FMA 1
 #include "elman_cpu_kernels.inc"
 
 #pragma GCC pop_options

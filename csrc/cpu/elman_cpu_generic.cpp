@@ -13,6 +13,7 @@
 #define FUSED_RNN_ISA generic
 #define FUSED_RNN_VBYTES 16
 #define FUSED_RNN_VREGS 16
+#define FUSED_RNN_FMA 0
 #include "elman_cpu_kernels.inc"
 
 namespace fused_rnn {
