@@ -387,26 +387,35 @@ int64_t usable_threads() {
 // per-step BLAS path stays available by hand (torch.ops.fused_rnn.cpu_path("blas")).
 //
 // Splitting a call across threads costs a fork (~10-20 µs) and, for the hidden split, a round per step (a few
-// cache-line hand-offs, ~0.5 µs on an idle machine): worth it from ~50k multiply-adds per step (H = 224 at B = 1)
-// and ~2M per call. Best-of-150 wall times, µs per step, serial / hidden / batch, 2 threads, same machine, loaded
-// (load average ~11 on 2 cores; best-of approximates the idle machine), 2026-12-01:
-//   B=1  H=256:    3.7 /   2.2 / -        B=1  H=512:   15.4 /   7.7 / -       B=1  H=1024: 143 /  55 / -
-//   B=4  H=512:   33.2 /  16.7 / -        B=16 H=256:   28.5 /  14.3 / 20.6   B=16 H=512:  125 /  62 / 78
-//   B=64 H=512:    489 /   224 / 235      B=256 H=256:   480 /   230 / 221
-// So the hidden split up to B = 32 (a balanced share of every step for each worker, its part of W_hh in its own
-// L2), the batch split above (no per-step hand-off at all: the sturdier choice when the machine is busy, and as fast
-// once every worker has several register tiles of rows).
-constexpr int64_t kSplitMinStepWork = 48 * 1024;        // B·H² multiply-adds per step
-constexpr int64_t kSplitMinCallWork = 2 * 1024 * 1024;  // T·B·H²
-constexpr int64_t kHiddenMaxBatch = 32;
+// cache-line hand-offs, well under 1 µs on an idle machine); the batch split has no per-step cost but needs rows
+// for both workers and reads all of W_hh in each. Op alone, best of 60-80 calls, µs per step, forward / backward,
+// 2 threads, this machine loaded (load average 15-60 on 2 cores) but the measuring process at nice -20, so it ran
+// nearly undisturbed; 2026-12-01, AVX-512 build (T = 4..64: the forward includes the per-call packing of W_hh):
+//                serial        hidden        batch                     serial        hidden        batch
+//   B=1  H=128   0.90/0.75     0.62/0.58     -           B=1  H=192   1.86/1.57     1.28/1.20     -
+//   B=1  H=256   3.1 /2.8      1.9 /1.8      -           B=1  H=512   16.4/15.6     8.0 /7.1      -
+//   B=1  H=1024  156 /99       95  /48       -           B=2  H=128   1.12/0.92     0.88/0.79     -
+//   B=4  H=128   1.79/1.44     1.27/1.16     -           B=4  H=512   29.6/26.6     14.9/13.2     -
+//   B=4  H=1024  203 /138      89  /61       -           B=8  H=256   13.2/11.2     9.2 /9.6      8.2 /8.1
+//   B=8  H=512   61  /44       33  /28       30  /38     B=8  H=1024  297 /207      183 /150      216 /226
+//   B=12 H=512   80  /67       46  /45       48  /43     B=16 H=128   6.6 /5.4      3.9 /3.5      3.4 /2.9
+//   B=16 H=256   23.4/21.3     12.3/11.3     11.7/10.5   B=16 H=512   100 /92       50  /43       45  /42
+//   B=16 H=1024  556 /384      211 /191      205 /186    B=32 H=64    4.3 /3.1      (serial)      2.5 /1.9
+//   B=64 H=512   397 /357      197 /177      184 /170    B=256 H=256  371 /330      180 /164      176 /161
+// (nn.RNN's forward in the same runs: 7.4 µs/step at B=1 H=128, 54 at B=1 H=512, 191 at B=16 H=512.) So: split
+// from ~16k multiply-adds per step and ~1M per call; the hidden split for small batches and for B < 16 at H > 512
+// (each worker's share of W_hh stays in its own cache), the batch split from B = 8 at H <= 512 and from B = 16 on.
+constexpr int64_t kSplitMinStepWork = 16 * 1024;    // B·H² multiply-adds per step
+constexpr int64_t kSplitMinCallWork = 1024 * 1024;  // T·B·H²
 
 Path auto_path(int64_t T_, int64_t B, int64_t H, int64_t threads, int64_t npanels, int64_t max_rows) {
   const int64_t step = B * H * H;
   if (threads <= 1 || step < kSplitMinStepWork || T_ * step < kSplitMinCallWork) return Path::Serial;
   // the hidden split's claim words hold panel indices in 16 bits and the round in 32
   const bool hidden_ok = npanels >= 2 && npanels < (1 << 16) && T_ < (int64_t(1) << 31), batch_ok = B > max_rows;
-  if (hidden_ok && (B <= kHiddenMaxBatch || !batch_ok)) return Path::Hidden;
-  return batch_ok ? Path::Batch : Path::Serial;
+  const bool batch_better = B >= 16 || (B >= 8 && H <= 512);
+  if (batch_ok && (batch_better || !hidden_ok)) return Path::Batch;
+  return hidden_ok ? Path::Hidden : Path::Serial;
 }
 
 Path choose_path(int64_t T_, int64_t B, int64_t H, int64_t threads, int64_t npanels, int64_t max_rows) {
