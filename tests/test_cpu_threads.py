@@ -184,6 +184,25 @@ def test_late_worker_is_left_out() -> None:
     _assert_bitwise("late worker", got, want)
 
 
+@pytest.mark.timeout(60)
+def test_descheduled_worker_is_taken_over() -> None:
+    """A hidden-split worker that stops while it holds a panel (the test hook "hidden-stall": worker 1 sleeps 1 ms in
+    round 3, as a descheduled thread would) makes the other wait past 50 µs; that one then finishes the call alone
+    and the sleeper retires when it wakes. The results stay bitwise those of one thread, forward and backward."""
+    args = _inputs(40, 2, 300, seed=6, lengths=False)
+    with num_threads(1):
+        want, _ = _run(args, True, "tanh")
+    seen = set()
+    with num_threads(2), forced(path="hidden-stall"):
+        for _ in range(20):
+            got, ran = _run(args, True, "tanh")
+            _assert_bitwise(f"stalled worker, ran {ran}", got, want)
+            seen |= {r.get("takeover", "0") for r in ran if r["threads"] == "2"}
+            if "1" in seen:
+                break
+    assert "1" in seen, f"no call was taken over: {seen}"
+
+
 # ---- nested inside another parallel region -------------------------------------------------------------------------
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("path", ["auto", "hidden", "batch"])

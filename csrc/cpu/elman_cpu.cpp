@@ -192,6 +192,7 @@ struct Team {
   const int64_t npanels;  // < 2^16 (the claim word's fields); larger W_hh runs serially
   Gate gate;
   std::atomic<int> solo{-1};  // >= 0: the worker that finishes the call alone, the others retire
+  int stall_worker = -1;      // test hook: this worker sleeps 1 ms in round 3 holding a claimed panel
   alignas(64) std::atomic<int64_t> done{0};  // panels completed, all rounds together
   std::unique_ptr<Range[]> ranges;
 };
@@ -209,7 +210,10 @@ bool team_next(Team* team, int worker, int64_t round, int unit, int64_t finished
     flush();
     return false;
   }
-  if (team->claim(worker, P, round, unit, true, 1, a, b)) return true;
+  if (team->claim(worker, P, round, unit, true, 1, a, b)) {
+    if (worker == team->stall_worker && round == 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return true;
+  }
   flush();
   if (team->steal(worker, P, round, unit, solo == worker ? 1 : 2 * unit, a, b)) return true;
   const int64_t target = team->npanels * (round + 1);
@@ -327,23 +331,25 @@ std::atomic<int>& forced_path() {
   return v;
 }
 
-// Test hook ("hidden-late"): the last worker of each hidden split starts 2 ms after the gate's timeout.
-std::atomic<bool>& late_worker() {
-  static std::atomic<bool> v{false};
+// Test hooks for the hidden split (cpu_path "hidden-late" / "hidden-stall"): 1 = the last worker of each call
+// starts 2 ms after the gate's timeout; 2 = worker 1 sleeps 1 ms in round 3 while it holds a claimed panel.
+std::atomic<int>& test_fault() {
+  static std::atomic<int> v{0};
   return v;
 }
 
 // Test/benchmark hook: "" -> the forced path ("auto" when none); "auto" | "serial" | "hidden" | "batch" | "blas" ->
 // force it for every later call (hidden and batch still run serially where only one thread is available, or where
 // the shape leaves a second worker nothing to do). "hidden-late" is "hidden" with the last worker of each call
-// arriving after the gate has closed (tests the gate's timeout).
+// arriving after the gate has closed (tests the gate's timeout); "hidden-stall" is "hidden" with worker 1 stopping
+// for 1 ms while it holds a panel (tests the take-over).
 std::string cpu_path_op(const std::string& request) {
   if (!request.empty()) {
     Path p;
-    bool late = false;
-    if (request == "hidden-late") {
+    int fault = 0;
+    if (request == "hidden-late" || request == "hidden-stall") {
       p = Path::Hidden;
-      late = true;
+      fault = request == "hidden-late" ? 1 : 2;
     } else if (request == "auto") {
       p = Path::Auto;
     } else if (request == "serial") {
@@ -357,10 +363,12 @@ std::string cpu_path_op(const std::string& request) {
     } else {
       TORCH_CHECK(false, "fused_rnn.cpu_path: unknown path '", request, "' (auto, serial, hidden, batch, blas)");
     }
-    late_worker().store(late);
+    test_fault().store(fault);
     forced_path().store(static_cast<int>(p));
   }
-  return std::string(path_name(static_cast<Path>(forced_path().load()))) + (late_worker().load() ? "-late" : "");
+  const int fault = test_fault().load();
+  return std::string(path_name(static_cast<Path>(forced_path().load()))) +
+         (fault == 1 ? "-late" : fault == 2 ? "-stall" : "");
 }
 
 // What the last elman_fwd / elman_bwd on this thread ran: "isa=<name> path=<path> threads=<workers>".
@@ -469,12 +477,14 @@ struct AlignedBuf {
 };
 
 // Runs kern(work) over the workers of `path`; pack(p0, p1) packs panels [p0, p1) of W_hh where the workers do not
-// pack it themselves (the batch split: every worker reads all of it). Returns the number of workers that ran.
+// pack it themselves (the batch split: every worker reads all of it). Returns the number of workers that ran;
+// *took_over: whether one worker of a hidden split finished the call alone (see team_next).
 // Everything is allocated before any worker starts (a worker never throws, so no worker ever waits for one that
 // left).
 template <typename Pack, typename Kern>
 int run_workers(Path path, int64_t T_, int64_t B, int64_t H, int64_t npanels, int64_t max_rows, int64_t threads,
-                const Pack& pack, const Kern& kern) {
+                const Pack& pack, const Kern& kern, bool* took_over) {
+  *took_over = false;
   const int64_t sbytes = (work_scratch_bytes(B) + 63) / 64 * 64;
   if (path == Path::Serial) {
     AlignedBuf scratch(sbytes);
@@ -502,10 +512,13 @@ int run_workers(Path path, int64_t T_, int64_t B, int64_t H, int64_t npanels, in
   AlignedBuf scratch(sbytes * nreq);
   Team team(npanels, nreq);
   std::atomic<int> used{1};
-  // A start later than ~1/16 of the serial run time is not worth waiting for (50 µs .. 2 ms; ~8 multiply-adds/ns).
+  // A start later than ~1/4 of the serial run time is not worth waiting for (~8 multiply-adds/ns), but waking a
+  // sleeping pool thread can take ~100 µs on a busy machine: 100 µs .. 5 ms. (Only a worker that never comes -- a
+  // pool shared with other callers -- makes a call wait the whole timeout.)
   const int64_t est_ns = T_ * B * H * H / 8;
-  const int64_t timeout_ns = std::min<int64_t>(2000000, std::max<int64_t>(50000, est_ns / 16));
-  const bool late = late_worker().load();
+  const int64_t timeout_ns = std::min<int64_t>(5000000, std::max<int64_t>(100000, est_ns / 4));
+  const bool late = test_fault().load() == 1;
+  if (test_fault().load() == 2) team.stall_worker = 1;
   at::parallel_for(0, nreq, 1, [&](int64_t i0, int64_t i1) {
     if (late && i1 == nreq && i0 > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(timeout_ns + 2000000));
     int nparts = 1;
@@ -515,11 +528,13 @@ int run_workers(Path path, int64_t T_, int64_t B, int64_t H, int64_t npanels, in
     kern(Work{0, B, p0, p1, nparts > 1 ? &team : nullptr, idx, true, scratch.data + idx * sbytes});
     if (idx == 0) used.store(nparts, std::memory_order_relaxed);
   });
+  *took_over = team.solo.load() >= 0;
   return used.load();
 }
 
-void set_last_run(const KernelTable& K, Path path, int workers) {
-  t_last_run = std::string("isa=") + K.name + " path=" + path_name(path) + " threads=" + std::to_string(workers);
+void set_last_run(const KernelTable& K, Path path, int workers, bool took_over) {
+  t_last_run = std::string("isa=") + K.name + " path=" + path_name(path) + " threads=" + std::to_string(workers) +
+               (took_over ? " takeover=1" : "");
 }
 
 // ---- per-step BLAS path (large B) ------------------------------------------------------------------------------
@@ -615,7 +630,8 @@ void bwd_blas(const at::Tensor& dYc, const at::Tensor& dhc, const at::Tensor& Yc
 // ---- forward ---------------------------------------------------------------------------------------------------
 template <typename T>
 int fwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& Pc, const at::Tensor& h0c,
-            const at::Tensor& Wc, const int64_t* lp, at::Tensor& Y, at::Tensor& h_n, bool reverse, int act, Round rm) {
+            const at::Tensor& Wc, const int64_t* lp, at::Tensor& Y, at::Tensor& h_n, bool reverse, int act, Round rm,
+            bool* took_over) {
   const int64_t T_ = Pc.size(0), B = Pc.size(1), H = Pc.size(2);
   const int64_t NW = std::is_same_v<T, float> ? K.panel_f32 : K.panel_f64;
   const int64_t npanels = (H + NW - 1) / NW;
@@ -638,7 +654,7 @@ int fwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& 
       K.fwd_f64(A, wk);
     }
   };
-  const int workers = run_workers(path, T_, B, H, npanels, K.max_rows, threads, pack, kern);
+  const int workers = run_workers(path, T_, B, H, npanels, K.max_rows, threads, pack, kern, took_over);
   // h_n[b] = Y at row b's last step in order (every row has one: lengths >= 1)
   const T* y = Y.const_data_ptr<T>();
   T* hn = h_n.mutable_data_ptr<T>();
@@ -679,6 +695,7 @@ std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::
   const Path path = choose_path(T_, B, H, threads, (H + NW - 1) / NW, K.max_rows);
 
   int workers = 1;
+  bool took_over = false;
   if (path == Path::Blas) {
     const at::Tensor Wt = Wc.t().contiguous();
     if (ct == at::kFloat) {
@@ -688,11 +705,11 @@ std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::
     }
     workers = static_cast<int>(threads);
   } else if (ct == at::kFloat) {
-    workers = fwd_own<float>(K, path, threads, Pc, h0c, Wc, lp, Y, h_n, reverse, act, rm);
+    workers = fwd_own<float>(K, path, threads, Pc, h0c, Wc, lp, Y, h_n, reverse, act, rm, &took_over);
   } else {
-    workers = fwd_own<double>(K, path, threads, Pc, h0c, Wc, lp, Y, h_n, reverse, act, rm);
+    workers = fwd_own<double>(K, path, threads, Pc, h0c, Wc, lp, Y, h_n, reverse, act, rm, &took_over);
   }
-  set_last_run(K, path, workers);
+  set_last_run(K, path, workers, took_over);
   if (ct != st) return {Y.to(st), h_n.to(st)};  // exact: every value was already rounded to st
   return {Y, h_n};
 }
@@ -701,7 +718,7 @@ std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::
 template <typename T>
 int bwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& dYc, const at::Tensor& dhc,
             const at::Tensor& Yc, const at::Tensor& Wc, const int64_t* lp, at::Tensor& dA, at::Tensor& dh0,
-            bool reverse, int act) {
+            bool reverse, int act, bool* took_over) {
   const int64_t T_ = Yc.size(0), B = Yc.size(1), H = Yc.size(2);
   const int64_t NW = std::is_same_v<T, float> ? K.panel_f32 : K.panel_f64;
   const int64_t npanels = (H + NW - 1) / NW;
@@ -724,7 +741,7 @@ int bwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& 
       K.bwd_f64(A, wk);
     }
   };
-  return run_workers(path, T_, B, H, npanels, K.max_rows, threads, pack, kern);
+  return run_workers(path, T_, B, H, npanels, K.max_rows, threads, pack, kern, took_over);
 }
 
 std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at::Tensor& dh_n, const at::Tensor& Y,
@@ -758,6 +775,7 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
   const Path path = choose_path(T_, B, H, threads, (H + NW - 1) / NW, K.max_rows);
 
   int workers = 1;
+  bool took_over = false;
   if (path == Path::Blas) {
     if (ct == at::kFloat) {
       bwd_blas<float>(dYc, dhc, Yc, Wc, lp, dA, dh0, reverse, act);
@@ -766,11 +784,11 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
     }
     workers = static_cast<int>(threads);
   } else if (ct == at::kFloat) {
-    workers = bwd_own<float>(K, path, threads, dYc, dhc, Yc, Wc, lp, dA, dh0, reverse, act);
+    workers = bwd_own<float>(K, path, threads, dYc, dhc, Yc, Wc, lp, dA, dh0, reverse, act, &took_over);
   } else {
-    workers = bwd_own<double>(K, path, threads, dYc, dhc, Yc, Wc, lp, dA, dh0, reverse, act);
+    workers = bwd_own<double>(K, path, threads, dYc, dhc, Yc, Wc, lp, dA, dh0, reverse, act, &took_over);
   }
-  set_last_run(K, path, workers);
+  set_last_run(K, path, workers, took_over);
   if (ct != st) return {dA.to(st), dh0.to(st)};
   return {dA, dh0};
 }
