@@ -187,7 +187,7 @@ def test_late_worker_is_left_out() -> None:
 @pytest.mark.timeout(60)
 def test_descheduled_worker_is_taken_over() -> None:
     """A hidden-split worker that stops while it holds a panel (the test hook "hidden-stall": worker 1 sleeps 1 ms in
-    round 3, as a descheduled thread would) makes the other wait past 50 µs; that one then finishes the call alone
+    round 3, as a descheduled thread would) makes the other wait past 250 µs; that one then finishes the call alone
     and the sleeper retires when it wakes. The results stay bitwise those of one thread, forward and backward."""
     args = _inputs(40, 2, 300, seed=6, lengths=False)
     with num_threads(1):
