@@ -359,10 +359,10 @@ def test_concurrent_forward_in_a_cuda_graph(tier: str, monkeypatch: pytest.Monke
 _STALL_CYCLES = 50_000_000
 
 
-def _poison(shapes_bytes: list[int], copies: int = 16) -> None:
+def _poison(nbytes: list[int], copies: int = 32) -> None:
     """Allocate ``copies`` blocks of each byte size on the current stream, fill every byte with 0xFF (NaN as fp32,
     -1 as int64) and free them: a block the caching allocator hands out early now holds garbage the results show."""
-    keep = [torch.full((n,), 255, dtype=torch.uint8, device="cuda") for n in shapes_bytes for _ in range(copies)]
+    keep = [torch.full((n,), 255, dtype=torch.uint8, device="cuda") for n in nbytes for _ in range(copies)]
     del keep
 
 
