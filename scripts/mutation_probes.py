@@ -464,8 +464,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print("| mutation | item (owner) | tests run | unpatched | result |")
     print("|---|---|---|---|---|")
+    def cell(text: str) -> str:  # a "|" inside a cell would end it
+        return text.replace("|", "\\|").replace("\n", " ")
+
     for p, tests, base, verdict in rows:
-        print(f"| {p.mutation} (`{p.name}`) | {p.item} ({p.owner}) | {tests} | {base} | {verdict} |")
+        print(f"| {cell(p.mutation)} (`{p.name}`) | {p.item} ({p.owner}) | {cell(tests)} | {cell(base)} | "
+              f"{cell(verdict)} |")
     return 1 if bad else 0
 
 
