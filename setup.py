@@ -219,7 +219,7 @@ setup(
     long_description=_long_description(),
     long_description_content_type="text/markdown",
     author="the fused_rnn authors",
-    license="MIT",
+    license="MIT",  # (setuptools >= 77 deprecates license classifiers; this field works with every version)
     license_files=["LICENSE"],
     # PLACEHOLDER URLs: there is no public repository yet (.invalid never resolves). Replace before publishing.
     url="https://fused-rnn.invalid/",
@@ -231,7 +231,6 @@ setup(
     keywords=["pytorch", "rnn", "elman", "cuda", "triton", "recurrent neural network"],
     classifiers=[
         "Development Status :: 3 - Alpha",
-        "License :: OSI Approved :: MIT License",
         "Intended Audience :: Developers",
         "Intended Audience :: Science/Research",
         "Operating System :: POSIX :: Linux",
