@@ -17,7 +17,7 @@ import torch
 from cuda_common import FLOOR, needs_gpu  # tests/cuda_common.py
 
 import fused_rnn
-import fused_rnn.modules as modules
+import fused_rnn.stack as stack  # the fused stack (layers × directions): where elman_layer is called
 from fused_rnn import concurrency as conc
 
 ENV = conc.ENV
@@ -121,7 +121,7 @@ def test_concurrent_path_order_and_parity(layers: int, form: str, monkeypatch: p
             current[0] = prev
             log.append(f"exit {s.name}")
 
-    real_layer = modules.elman_layer
+    real_layer = stack.elman_layer
 
     def logged_layer(*args, **kwargs):
         log.append(f"{'rev' if args[7] else 'fwd'} on {current[0].name}")
@@ -132,7 +132,7 @@ def test_concurrent_path_order_and_parity(layers: int, form: str, monkeypatch: p
     monkeypatch.setattr(torch.cuda, "stream", stream_ctx)
     monkeypatch.setattr(conc, "side_stream", lambda device: side)
     monkeypatch.setattr(conc, "_record_on", lambda ts, s: log.append(f"record {len(ts)} on {s.name}"))
-    monkeypatch.setattr(modules, "elman_layer", logged_layer)
+    monkeypatch.setattr(stack, "elman_layer", logged_layer)
 
     torch.manual_seed(layers)
     T, B, n_in, H = 7, 4, 5, 6
