@@ -46,7 +46,8 @@ def _safe(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-")[:40]
 
 
-def table_from_run(data: dict, machine: str | None = None, final: bool = False, run_file: str = "") -> dict:
+def table_from_run(data: dict, machine: str | None = None, final: bool = False, run_file: str = "",
+                   note: str = "") -> dict:
     """The policy table of one grid run's JSON (see the module docstring). Raises ValueError for an unusable run."""
     env = data.get("env", {})
     if env.get("device") != "cpu":
@@ -80,7 +81,25 @@ def table_from_run(data: dict, machine: str | None = None, final: bool = False, 
         "date": env.get("date_utc", "")[:10],
         "run_file": run_file,
         "preliminary": not final,
+        "note": note,
     }
+
+
+def _lit(v: object, indent: int) -> str:
+    """repr(v), long strings split over lines (implicit concatenation) to stay within the line length."""
+    r = repr(v)
+    if not isinstance(v, str) or indent + len(r) <= 100:
+        return r
+    words, lines, cur = v.split(" "), [], ""
+    for w in words:
+        if cur and len(cur) + 1 + len(w) > 80:
+            lines.append(cur + " ")
+            cur = w
+        else:
+            cur = f"{cur} {w}" if cur else w
+    lines.append(cur)
+    pad = " " * (indent + 4)
+    return "(\n" + "\n".join(pad + repr(x) for x in lines) + "\n" + " " * indent + ")"
 
 
 def render(tables: list[dict]) -> str:
@@ -88,8 +107,8 @@ def render(tables: list[dict]) -> str:
     out = [HEADER, "CPU_TABLES: tuple[dict, ...] = ("]
     for t in sorted(tables, key=lambda t: (t["isa"], t["threads"])):
         out.append("    {")
-        for k in ("isa", "threads", "machine", "date", "run_file", "preliminary", "B", "H"):
-            out.append(f"        {k!r}: {t[k]!r},")
+        for k in ("isa", "threads", "machine", "date", "run_file", "preliminary", "note", "B", "H"):
+            out.append(f"        {k!r}: {_lit(t.get(k, ''), 8)},")
         out.append("        'cells': {")
         for key, val in t["cells"].items():
             out.append(f"            {tuple(key)!r}: {tuple(val)!r},")
@@ -111,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--final", action="store_true",
                    help="a quiet, dedicated machine: do not mark the table preliminary")
     p.add_argument("--machine", default=None, help="machine description (default: the run's CPU model name)")
+    p.add_argument("--note", default="", help="the run's conditions (shared or quiet machine, load, ...)")
     p.add_argument("--data", type=Path, default=DATA, help=f"policy data file to rewrite (default {DATA})")
     p.add_argument("--results-dir", type=Path, default=RESULTS,
                    help=f"where the run file is kept (default {RESULTS})")
@@ -129,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         rel = str(dest)
     try:
-        table = table_from_run(data, args.machine, args.final, rel)
+        table = table_from_run(data, args.machine, args.final, rel, args.note)
     except ValueError as e:
         print(str(e), file=sys.stderr)
         return 1

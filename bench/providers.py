@@ -185,8 +185,8 @@ def _backend_tiers(name: str, mod) -> tuple[list[str], list[str]]:
 def discover(device: torch.device, wanted: list[str] | None, with_flashrnn: bool) -> tuple[list[Provider], list[str]]:
     """Every provider usable on ``device`` (filtered by ``wanted`` names), and notes on what was skipped and why.
 
-    ``wanted`` holds names like "auto", "native", "cuda", "cuda:fallback", "reference", "compile", "flashrnn";
-    nn.RNN is always kept (every speedup is relative to it). None = all.
+    ``wanted`` holds names like "native", "cuda", "cuda:fallback", "reference", "compile", "flashrnn"; nn.RNN (every
+    speedup is relative to it) and auto (what users get: an auto row in every table) are always kept. None = all.
     """
     import fused_rnn
     from fused_rnn.backends.select import backend_module
@@ -198,9 +198,8 @@ def discover(device: torch.device, wanted: list[str] | None, with_flashrnn: bool
             return True
         return name in wanted or (backend is not None and backend in wanted)
 
-    providers = [Provider("nn.RNN", "baseline")]
-    if keep("auto"):
-        providers.append(Provider("auto", "auto", backend="auto"))
+    # nn.RNN and auto are always there: every speedup is relative to nn.RNN, and auto is what users get.
+    providers = [Provider("nn.RNN", "baseline"), Provider("auto", "auto", backend="auto")]
     if keep("native"):
         providers.append(Provider("native", "native", backend="native"))
     if keep("reference"):

@@ -100,7 +100,7 @@ def _policy_tables() -> list[dict]:
     """Which CPU policy tables `auto` consulted in this run (machine kind, date, run file, preliminary)."""
     from fused_rnn import policy_data
 
-    keys = ("isa", "threads", "machine", "date", "run_file", "preliminary")
+    keys = ("isa", "threads", "machine", "date", "run_file", "preliminary", "note")
     return [{k: t.get(k) for k in keys} for t in policy_data.CPU_TABLES]
 
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import diagnostics as _diag
-from .backends.select import MODULE_BACKENDS, NATIVE, _resolve_name, choose_path
+from .backends.select import MODULE_BACKENDS, NATIVE, _resolve_name, choose_path, tracing
 from .functional import check_lengths
 from .native import run_native_stack
 from .precision import compute_dtype
@@ -207,7 +207,7 @@ class RNN(nn.RNNBase):
         if amp_dtype is not None and input.is_floating_point() and dtype != torch.float64:
             dtype = amp_dtype
         backend = self.backend
-        if torch.compiler.is_compiling():
+        if tracing():
             # While tracing: no policy lookup (its comparisons on B would become guards, and native would unroll
             # over T). The backend name is a trace-time constant (select._resolve_name); auto -> the fused stack.
             if _resolve_name(backend, input.device.type)[0] == NATIVE:

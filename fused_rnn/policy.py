@@ -131,6 +131,7 @@ class CpuTable:
     date: str = ""
     run_file: str = ""
     preliminary: bool = True
+    note: str = ""  # the run's conditions, e.g. "shared machine, load 9-60"
 
     def source(self) -> str:
         pre = ", PRELIMINARY" if self.preliminary else ""

@@ -215,7 +215,7 @@ def test_cli_exits_nonzero_on_a_failed_check(tmp_path, monkeypatch, capsys):
 def test_unavailable_providers_are_skipped_with_a_note(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # triton on CPU tensors only under the interpreter
     provs, notes = discover(torch.device("cpu"), ["cuda", "triton", "cuda:persistent"], with_flashrnn=True)
-    assert [p.name for p in provs] == ["nn.RNN"]  # the baseline is always kept
+    assert [p.name for p in provs] == ["nn.RNN", "auto"]  # the baseline and auto are always kept
     joined = "\n".join(notes)
     for name in ("cuda:", "triton:", "flashrnn:"):
         assert name in joined
@@ -333,7 +333,7 @@ def test_tiers_are_forced_one_by_one_and_the_heuristic_pick_is_marked(monkeypatc
     monkeypatch.setenv("FUSED_RNN_CUDA_TIER", "t_one")  # the caller's setting: overridden per provider, restored
 
     provs, notes = discover(torch.device("cpu"), ["cuda"], with_flashrnn=False)
-    assert [p.name for p in provs] == ["nn.RNN", "cuda:t_one", "cuda:t_two"]
+    assert [p.name for p in provs] == ["nn.RNN", "auto", "cuda:t_one", "cuda:t_two"]
     assert any("t_three" in n and "not compiled" in n for n in notes)
 
     case = Case(T=5, B=3, H=6, modes=("fwd", "fwd+bwd"))
@@ -358,7 +358,7 @@ def test_streams_twins_only_on_cuda_and_only_for_bidirectional_cases(monkeypatch
     monkeypatch.setenv("FUSED_RNN_CONCURRENT_DIRECTIONS", "auto")
     fake.supports_device = lambda device: True  # pretend the fake tiers run on a CUDA device
     provs, _ = discover(torch.device("cuda"), ["cuda"], with_flashrnn=False)
-    assert [p.name for p in provs] == ["nn.RNN", "cuda:t_one", "cuda:t_one+streams", "cuda:t_two",
+    assert [p.name for p in provs] == ["nn.RNN", "auto", "cuda:t_one", "cuda:t_one+streams", "cuda:t_two",
                                        "cuda:t_two+streams"]
     cpu_provs, _ = discover(torch.device("cpu"), ["cuda"], with_flashrnn=False)
     assert not any(p.streams for p in cpu_provs)

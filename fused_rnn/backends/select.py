@@ -27,6 +27,7 @@ from types import ModuleType
 
 import torch
 
+from .. import policy
 from . import fake  # noqa: F401  (registers the ops' fake implementations)
 
 BACKEND_NAMES: tuple[str, ...] = ("reference", "cpu", "cuda", "triton")
@@ -85,12 +86,25 @@ class Choice:
     tier: str
 
 
+# mod.available() answers, per function object: its dispatcher queries cost ~10 µs and `auto` asks per call (and
+# per layer); a monkeypatched available() (tests) is a new function object, so it is asked afresh.
+_AVAILABLE: dict = {}
+
+
+def _available(mod: ModuleType) -> tuple[bool, str]:
+    fn = mod.available
+    hit = _AVAILABLE.get(fn)
+    if hit is None:
+        hit = _AVAILABLE[fn] = fn()
+    return hit
+
+
 def _check_usable(name: str, device: torch.device) -> ModuleType:
     try:
         mod = backend_module(name)
     except ImportError as e:  # a backend module missing from this install, or its dependency (triton) missing
         raise RuntimeError(f"fused_rnn: backend {name!r} is not available here: {type(e).__name__}: {e}") from e
-    ok, why = mod.available()
+    ok, why = _available(mod)
     if not ok:
         raise RuntimeError(f"fused_rnn: backend {name!r} is not available here: {why}")
     if not mod.supports_device(device):
@@ -112,14 +126,14 @@ def _auto(device: torch.device) -> str:
         for name in ("cuda", "triton"):
             if GPU_VERIFIED.get(name):
                 try:
-                    ok, _ = backend_module(name).available()
+                    ok, _ = _available(backend_module(name))
                 except Exception:
                     ok = False
                 if ok:
                     return name
         return "reference"
     if device.type == "cpu":
-        ok, _ = backend_module("cpu").available()
+        ok, _ = _available(backend_module("cpu"))
         return "cpu" if ok else "reference"
     return "reference"
 
@@ -224,8 +238,6 @@ def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, 
     Under torch.compile / torch.export `auto` never asks the policy: it returns the fused backend at once, so no
     comparison on B becomes a guard (a new batch size does not recompile) and T stays dynamic.
     """
-    from .. import policy
-
     name, forced_tier, auto, _ = _resolve_name(backend, device.type)
     if name == NATIVE:
         if recording_bptt:
@@ -237,7 +249,7 @@ def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, 
                             "RNN kernel, what torch.nn.RNN runs")
     elif not auto:
         d = policy.Decision(name, "", "forced", "named explicitly (backend= or FUSED_RNN_BACKEND)")
-    elif torch.compiler.is_compiling():
+    elif tracing():
         return policy.Decision(name, "", "compile",
                                "under torch.compile / torch.export auto keeps the fused opaque ops (native "
                                "decomposes into per-step ops and recompiles for every sequence length)")
@@ -253,11 +265,17 @@ def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, 
     return d
 
 
+def tracing() -> bool:
+    """True while torch.compile (Dynamo) or torch.export traces (``is_exporting`` where this torch has it)."""
+    if torch.compiler.is_compiling():
+        return True
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting()) if is_exporting is not None else False
+
+
 def _policy_decision(fused: str, device: torch.device, dtype: torch.dtype, B: int, H: int, layers: int,
                      directions: int, training: bool):
     """Gather this process's facts and ask the (cached) pure policy."""
-    from .. import policy
-
     if device.type == "cpu":
         return _decide_cached("cpu", dtype, B, H, layers, directions, training, fused, policy.cpu_isa(),
                               torch.get_num_threads(), None, False, False)
@@ -273,8 +291,6 @@ def _policy_decision(fused: str, device: torch.device, dtype: torch.dtype, B: in
 def _decide_cached(device_type: str, dtype: torch.dtype, B: int, H: int, layers: int, directions: int,
                    training: bool, fused: str, isa: str, threads: int, capability: tuple[int, int] | None,
                    fused_tf32: bool, cudnn_tf32: bool):
-    from .. import policy
-
     return policy.decide(device_type, dtype, B, H, layers, directions, training, fused_backend=fused, isa=isa,
                          threads=threads, capability=capability, verified_capabilities=GPU_VERIFIED_CAPABILITY,
                          fused_tf32=fused_tf32, cudnn_tf32=cudnn_tf32)
