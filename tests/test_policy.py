@@ -74,9 +74,13 @@ def test_cpu_grid_and_off_grid(B, H, training, path, rule):
 
 
 def test_margin_is_applied_to_median_and_p20():
-    # EDGE (1.5, 1.3) clears MARGIN (1.25, 1.10); just under either bound does not
+    # EDGE (1.5, 1.3) clears MARGIN; just under either bound does not, exactly on both does
+    assert EDGE[0] >= policy.MARGIN[0] and EDGE[1] >= policy.MARGIN[1]
+    assert policy.MARGIN[0] > 1.0 and policy.MARGIN[1] > 0.95  # stricter than the bench's pass rule
     assert cpu(B=1, H=1024).path == "cpu"
-    for cell in ((1.24, 1.2), (1.4, 1.09)):
+    m, p = policy.MARGIN
+    assert cpu(B=1, H=1024, tables=(_table(cells={("fp32", "fwd", 1, 1024): (m, p)}),)).path == "cpu"
+    for cell in ((m - 0.01, p + 0.5), (m + 0.5, p - 0.01)):
         t = _table(cells={("fp32", "fwd", 1, 1024): cell})
         assert cpu(B=1, H=1024, tables=(t,)).path == "native", cell
 
