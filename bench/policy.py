@@ -11,7 +11,8 @@ replaces the table of the same kind in policy_data.py and keeps the others, so r
 AVX-512, AMX; 1, 2, 8 threads) accumulate. The run file is copied to
 ``bench/results/cpu-grid-<machine>-<isa>-<threads>t-<date>.json`` (unless it already lies there) and named in the
 table, with the machine, the date and whether it is preliminary (without ``--final``: a run on a shared or busy
-machine; the data says so and the lead remeasures).
+machine; the data says so and the lead remeasures). ``--drop-preliminary`` also removes the preliminary tables of
+other machine kinds (e.g. a contended 1-thread run once a quiet 2-thread run exists).
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--machine", default=None, help="machine description (default: the run's CPU model name)")
     p.add_argument("--note", default="", help="the run's conditions (shared or quiet machine, load, ...)")
     p.add_argument("--data", type=Path, default=DATA, help=f"policy data file to rewrite (default {DATA})")
+    p.add_argument("--drop-preliminary", action="store_true",
+                   help="also remove every preliminary table of other machine kinds (a quiet rerun replaces them)")
     p.add_argument("--results-dir", type=Path, default=RESULTS,
                    help=f"where the run file is kept (default {RESULTS})")
     args = p.parse_args(argv)
@@ -156,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     if args.results.resolve() != dest.resolve():
         shutil.copyfile(args.results, dest)
-    tables = [t for t in load_tables(args.data) if (t["isa"], t["threads"]) != (table["isa"], table["threads"])]
+    tables = [t for t in load_tables(args.data) if (t["isa"], t["threads"]) != (table["isa"], table["threads"])
+              and not (args.drop_preliminary and t.get("preliminary", True))]
     tables.append(table)
     args.data.write_text(render(tables))
     from fused_rnn.policy import MARGIN

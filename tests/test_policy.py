@@ -352,3 +352,7 @@ def test_generator_cli_writes_data_that_loads_and_keeps_other_tables(tmp_path):
                cpu_tables=cpu_tables)
     assert d.path == "cpu" and "cpu-grid-Test-CPU-9000-avx2-4t" in d.source
     assert gen.main([str(tmp_path / "missing.json"), "--data", str(data_file)]) == 2
+    # a final run can drop the preliminary tables of other machine kinds
+    assert gen.main([str(second), "--data", str(data_file), "--results-dir", str(results), "--final",
+                     "--drop-preliminary"]) == 0
+    assert [(t["threads"], t["preliminary"]) for t in runpy.run_path(str(data_file))["CPU_TABLES"]] == [(1, False)]
