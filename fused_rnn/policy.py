@@ -21,7 +21,7 @@ grad, judged by the forward+backward figures, else the forward-only figures.
 
 **Rules** (each reason :func:`decide` returns says which one fired, and the evidence lists the cells it used):
   1. Fused only where measured: a cell is a *fused win* when its ratio clears the margin -- CPU: median ≥ 1.3 and
-     p20 ≥ 1.2 on the measured machine kind (the bench's pass rule is median ≥ 1.0, p20 ≥ 0.95, so a win keeps
+     p20 ≥ 1.25 on the measured machine kind (the bench's pass rule is median ≥ 1.0, p20 ≥ 0.95, so a win keeps
      a margin over run-to-run noise, see MARGIN); CUDA: ≥ 2× counting the input GEMM.
   2. Off-grid shapes: B and H are bracketed by the grid's neighbours (B_lo ≤ B ≤ B_hi, H_lo ≤ H ≤ H_hi; a grid
      value brackets itself). Fused only if **every** bracketing cell (up to 4) exists and is a fused win (and, on
@@ -54,9 +54,11 @@ from dataclasses import dataclass
 import torch
 
 # Rule 1 and 4 margins: a cell is a fused win when median >= m and p20 >= p. The bench's pass rule is median >= 1.0
-# and p20 >= 0.95; a second grid run on the same busy 2-core EPYC (1 thread, 2026-12-01) measured a cell recorded at
-# median ×1.27 / p20 ×1.11 as ×1.15 / ×0.89 (bf16 B=4 H=1024 fwd+bwd): p20 moved by 0.22, so a win needs p20 >= 1.2.
-MARGIN = (1.3, 1.2)
+# and p20 >= 0.95. Reruns of the grid on the same busy 2-core EPYC (1 thread, load 7-10, 2026-12-01) measured cells
+# recorded at median ×1.27 / p20 ×1.11 as ×1.15 / ×0.89 (bf16 B=4 H=1024 fwd+bwd) and ×1.37 / ×1.21 as ×1.23 / ×0.94
+# (bf16 B=64 H=64 fwd): p20 moved by up to 0.27 there, so a win needs p20 >= 0.95 + 0.3. A quiet machine's run
+# varies far less; regenerate and revisit this with its data.
+MARGIN = (1.3, 1.25)
 STRONG_MARGIN = (2.0, 1.75)
 GPU_MARGIN = 2.0  # rule 1 on CUDA: committed figures beat native by >= 2x counting the input GEMM
 
