@@ -20,7 +20,7 @@ import torch
 from cuda_common import FLOOR, needs_gpu  # tests/cuda_common.py
 
 import fused_rnn
-import fused_rnn.modules as modules
+import fused_rnn.stack as stack  # the fused stack (layers × directions): where elman_layer is called
 from fused_rnn import concurrency as conc
 
 ENV = conc.ENV
@@ -156,7 +156,7 @@ def test_concurrent_path_order_and_parity(layers: int, form: str, monkeypatch: p
             current[0] = prev
             log.append(("exit", s.name))
 
-    real_layer, real_record_on = modules.elman_layer, conc._record_on
+    real_layer, real_record_on = stack.elman_layer, conc._record_on
     calls: list[dict] = []  # every elman_layer call: its direction, stream, inputs and outputs
     records: list[tuple[str, tuple]] = []  # every _record_on call: (stream name, the tensors, as objects)
 
@@ -178,7 +178,7 @@ def test_concurrent_path_order_and_parity(layers: int, form: str, monkeypatch: p
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setattr(conc, "side_stream", lambda device: side)
     monkeypatch.setattr(conc, "_record_on", logged_record_on)
-    monkeypatch.setattr(modules, "elman_layer", logged_layer)
+    monkeypatch.setattr(stack, "elman_layer", logged_layer)
 
     torch.manual_seed(layers)
     T, B, n_in, H = 7, 4, 5, 6
@@ -418,7 +418,7 @@ def test_stalled_side_stream_with_main_stream_reuse(phase: str, monkeypatch: pyt
     lengths = torch.tensor([37, 1, 20, 36, 9, 30])
     w_out = torch.randn(T, B, 2 * H, device="cuda")
     sizes = [x_src.nbytes, hx_src.nbytes, lengths.nbytes]
-    real_layer = modules.elman_layer
+    real_layer = stack.elman_layer
 
     def stalled_layer(*args, **kwargs):
         if args[7]:  # the reverse direction: on the side stream when concurrent
@@ -456,7 +456,7 @@ def test_stalled_side_stream_with_main_stream_reuse(phase: str, monkeypatch: pyt
         return [out.detach(), hn.detach()] + [p.grad for p in m.parameters()]
 
     want = run(False)
-    monkeypatch.setattr(modules, "elman_layer", stalled_layer)
+    monkeypatch.setattr(stack, "elman_layer", stalled_layer)
     got = run(True)
     names = ["output", "h_n"] + ([n for n, _ in m.named_parameters()] if phase == "backward" else [])
     assert len(got) == len(want) == len(names)
