@@ -27,8 +27,7 @@ from types import ModuleType
 
 import torch
 
-from .. import _lazy_compile
-from .. import policy
+from .. import _lazy_compile, policy
 from . import fake  # noqa: F401  (registers the ops' fake implementations)
 
 BACKEND_NAMES: tuple[str, ...] = ("reference", "cpu", "cuda", "triton")
