@@ -295,8 +295,10 @@ def tuned(module, call, amp_dtype: torch.dtype | None, dtype: torch.dtype, train
     decision = static
     try:
         with _MEASURE_LOCK:
+            t0 = time.perf_counter()
             measured = _measure(module, call, amp_dtype, training, cands)
-        decision = _decide(measured, static, key)
+            elapsed = time.perf_counter() - t0
+        decision = _decide(measured, static, key, elapsed)
     except Exception as err:  # noqa: BLE001 - reported once; the static policy stands for this key
         e.error = f"{type(err).__name__}: {err}"
         warnings.warn(f"fused_rnn: autotuning failed for {key}: {e.error}; the static policy's choice "
@@ -307,7 +309,8 @@ def tuned(module, call, amp_dtype: torch.dtype | None, dtype: torch.dtype, train
     return decision
 
 
-def _decide(measured: tuple[policy.Measured, ...], static: policy.Decision, key: TuneKey) -> policy.Decision:
+def _decide(measured: tuple[policy.Measured, ...], static: policy.Decision, key: TuneKey,
+            elapsed_s: float | None = None) -> policy.Decision:
     """The winner: the lowest median, unless the static choice is within SWITCH of it."""
     best = min(measured, key=lambda m: m.median_ms)
     stat = next((m for m in measured if (m.path, m.tier) == (static.path, static.tier)), None)
@@ -317,8 +320,9 @@ def _decide(measured: tuple[policy.Measured, ...], static: policy.Decision, key:
     times = ", ".join(f"{m.name} {_ms(m.median_ms)}" for m in ranked)
     m0 = ranked[0]
     mode = "forward + backward" if key.mode == "fwd+bwd" else "forward"
+    took = f"; measuring took {elapsed_s:.2g} s" if elapsed_s is not None else ""
     reason = (f"autotuned in this process: {times} per call ({mode}, median of {m0.rounds} interleaved rounds of "
-              f"{m0.calls} call(s)); the static policy said "
+              f"{m0.calls} call(s){took}); the static policy said "
               f"{static.path}{':' + static.tier if static.tier else ''} ({static.rule})")
     return policy.Decision(best.path, best.tier, "autotune", reason, static.evidence, static.source, ranked, static)
 
