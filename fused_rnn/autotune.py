@@ -177,6 +177,19 @@ _LOCAL = threading.local()  # .measuring: this thread is inside a measurement
 _STATS = {"measurements": 0}
 
 
+def _after_fork_in_child() -> None:
+    """A child forked while another thread measured (e.g. a DataLoader worker) must not inherit a held lock or a
+    pending entry no thread of its own will ever finish: fresh locks, finished entries only."""
+    global _LOCK, _MEASURE_LOCK, _LOCAL
+    _LOCK, _MEASURE_LOCK, _LOCAL = threading.Lock(), threading.Lock(), threading.local()
+    for k in [k for k, e in _CACHE.items() if not e.done.is_set()]:
+        del _CACHE[k]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def clear_cache() -> None:
     """Forget every measurement (the next call of each key measures again). Waiting callers are not affected."""
     with _LOCK:

@@ -502,3 +502,57 @@ def test_winner_rule(native_ms: float, cpu_ms: float, static: str, want: str) ->
     assert d.path == want and d.rule == "autotune" and d.static.path == static
     assert [x.path for x in d.measured] == sorted(["native", "cpu"], key=lambda p: native_ms if p == "native"
                                                                                  else cpu_ms)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_a_child_forked_during_a_measurement_does_not_deadlock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fork() while another thread measures (a DataLoader worker, say): the child gets fresh locks and no pending
+    entry, so its own call of that key measures instead of waiting forever."""
+    import os
+
+    started = threading.Event()
+    fake = FakeMeasure()
+
+    def slow(*a):
+        out = fake(*a)  # counted (its lock released) before the fork can happen
+        started.set()
+        time.sleep(1.0)
+        return out
+
+    monkeypatch.setattr(autotune, "_measure", slow)
+    autotune.set_autotune(True)
+    rnn = fused_rnn.RNN(3, 8)
+    x = torch.randn(5, 2, 3)
+
+    def first() -> None:
+        with torch.no_grad():
+            rnn(x)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert started.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: the same key must not wait on the parent's measurement
+        try:
+            torch.set_num_threads(1)  # as DataLoader workers do (OpenMP's pool does not survive a fork)
+            n0 = len(fake.calls)
+            with torch.no_grad():
+                rnn(x)
+            os._exit(0 if len(fake.calls) == n0 + 1 else 3)
+        except BaseException:
+            os._exit(4)
+    t.join(timeout=20)
+    deadline = time.monotonic() + 20
+    status = None
+    while time.monotonic() < deadline:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = st
+            break
+        time.sleep(0.05)
+    if status is None:  # the child is stuck: end it (it is ours) so no orphan outlives the test
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child waited forever on the parent's measurement")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
