@@ -20,7 +20,7 @@ With one candidate there is nothing to time and the static decision stands.
 
 **Procedure** (``_measure``): one warm-up call per candidate; then interleaved rounds (the order rotated each round)
 of ``calls`` calls per sample, ``calls`` chosen so a sample lasts ≥ SAMPLE_S; at least MIN_ROUNDS rounds (1 when
-the warm-up calls alone took over LONG_S), until BUDGET_S has passed or MAX_ROUNDS. The winner is the lowest median;
+a round takes over LONG_S), until BUDGET_S has passed or MAX_ROUNDS. The winner is the lowest median;
 the static policy's choice is kept unless another candidate's median is ≥ SWITCH faster (noise on a loaded machine
 should not flip a measured policy). The winner is cached for the life of the process (``clear_cache()`` forgets).
 
@@ -80,7 +80,7 @@ SAMPLE_S = 1e-3  # a sample lasts at least this long (many calls per sample for 
 MAX_CALLS = 64  # calls per sample at most
 MIN_ROUNDS, MAX_ROUNDS = 3, 9
 BUDGET_S = 0.1  # after MIN_ROUNDS, stop once this much time has passed
-LONG_S = 1.0  # warm-up calls that took longer than this: one round is enough
+LONG_S = 1.0  # a first round longer than this is enough (a measurement of 1 + 1 calls per candidate)
 SWITCH = 1.05  # another candidate replaces the static choice only when its median is >= 5% faster
 
 _SETTING: bool | None = None
@@ -405,16 +405,17 @@ def _measure(module, call, amp_dtype: torch.dtype | None, training: bool,
     try:
         with torch.random.fork_rng(devices=rng_devices, **({"device_type": "cuda"} if rng_devices else {})):
             with torch.enable_grad() if training else torch.no_grad():
-                warm = [sample(d, 1) for d in cands]
+                warm = [sample(d, 1) for d in cands]  # first calls: lazy initialisation lands here
                 n = max(1, min(MAX_CALLS, math.ceil(SAMPLE_S / max(min(warm), 1e-9))))
-                min_rounds = 1 if sum(warm) > LONG_S else MIN_ROUNDS
                 times: list[list[float]] = [[] for _ in cands]
                 t0 = time.perf_counter()
                 for r in range(MAX_ROUNDS):
                     for j in range(len(cands)):
                         i = (j + r) % len(cands)
                         times[i].append(sample(cands[i], n))
-                    if r + 1 >= min_rounds and time.perf_counter() - t0 >= BUDGET_S:
+                    elapsed = time.perf_counter() - t0
+                    # long calls (a round over LONG_S) stop after one round; others after MIN_ROUNDS and BUDGET_S
+                    if (r + 1 >= MIN_ROUNDS or elapsed > LONG_S) and elapsed >= BUDGET_S:
                         break
     finally:
         _LOCAL.measuring = False

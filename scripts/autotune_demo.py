@@ -4,12 +4,14 @@ machine: ``python scripts/autotune_demo.py [--threads N] [--rounds R] [--json ou
 
 Two shapes where the static policy (fused_rnn/policy.py) is wrong by a large factor, one in each direction, chosen
 so the answer cannot be noise:
-  off-grid H   H = 32 < the smallest measured H (64), B = 1, T = 512, fp32, training: the policy runs native
+  off-grid H   I = H = 32 < the smallest measured H (64), B = 1, T = 512, fp32, training: the policy runs native
                ("outside the measured grid"), but the fused cpu path's advantage at small H (×8-×76 at H = 64, B = 1)
                only grows as H shrinks.
-  short T      H = 64, B = 1, T = 1, fp32, training: the policy runs cpu (its cell B = 1, H = 64 wins ×76, measured
-               at T ≈ 10^4), but at T = 1 the recurrence is nothing and the fused path's per-call overhead (input GEMM,
-               autograd.Function, dW_hh GEMM) is all there is: the policy's key has no T.
+  decode step  I = H = 256, 2 layers, B = 1, T = 1, fp32, inference -- decoding by calling forward one step at a time:
+               the policy runs cpu (its cell B = 1, H = 256 wins ×3 forward, measured at T ≈ 3500), but at T = 1 the
+               recurrence is nothing and the fused stack's per-layer overhead (input GEMM, autograd.Function, op
+               dispatch) is all there is, while native is one op call: the policy's key has no T. (``RNN.step`` is
+               the fast way to decode; this is the call many users write.)
 For each: what ``fused_rnn.explain`` says before (static) and after the first call (autotuned, with its times); the
 first call's cost; then an independent check -- both paths forced (backend="native" / "cpu"), timed in interleaved
 rounds (order alternating), forward + backward as in the tuned call -- with the medians, the per-round ratio's median
@@ -43,10 +45,11 @@ class Shape:
     H: int
     B: int
     T: int
+    layers: int = 1
     training: bool = True
 
 
-SHAPES = (Shape("off-grid H", 32, 32, 1, 512), Shape("short T", 64, 64, 1, 1))
+SHAPES = (Shape("off-grid H", 32, 32, 1, 512), Shape("decode step", 256, 256, 1, 1, layers=2, training=False))
 
 
 def _call(m: torch.nn.Module, x: torch.Tensor, training: bool) -> None:
@@ -77,7 +80,7 @@ def _quantile(xs: list[float], q: float) -> float:
 
 def run_shape(s: Shape, rounds: int) -> dict:
     torch.manual_seed(0)
-    rnn = fused_rnn.RNN(s.I, s.H)
+    rnn = fused_rnn.RNN(s.I, s.H, num_layers=s.layers)
     x = torch.randn(s.T, s.B, s.I, requires_grad=s.training)
 
     autotune.set_autotune(False)
@@ -96,7 +99,7 @@ def run_shape(s: Shape, rounds: int) -> dict:
     autotune.set_autotune(None)
 
     # The independent check: both paths forced, interleaved rounds, the same work per call as the measurement.
-    mods = {p: fused_rnn.RNN(s.I, s.H, backend=p) for p in ("native", "cpu")}
+    mods = {p: fused_rnn.RNN(s.I, s.H, num_layers=s.layers, backend=p) for p in ("native", "cpu")}
     for m in mods.values():
         m.load_state_dict(rnn.state_dict())
     for m in mods.values():
@@ -116,7 +119,7 @@ def run_shape(s: Shape, rounds: int) -> dict:
     med = {p: statistics.median(v) for p, v in times.items()}
     faster = "cpu" if med["cpu"] < med["native"] else "native"
     return {
-        "shape": s.name, "I": s.I, "H": s.H, "B": s.B, "T": s.T,
+        "shape": s.name, "I": s.I, "H": s.H, "B": s.B, "T": s.T, "layers": s.layers,
         "mode": "fwd+bwd" if s.training else "fwd",
         "static": {"path": static.name, "rule": static.rule, "why": static.summary},
         "autotuned": {"path": tuned.name, "rule": tuned.rule, "why": tuned.summary,
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         c = r["check"]
         rr = c["ratio_native_over_cpu"]
-        print(f"\n== {s.name}: I={s.I} H={s.H} B={s.B} T={s.T} fp32 {r['mode']}")
+        print(f"\n== {s.name}: I={s.I} H={s.H} B={s.B} T={s.T} layers={s.layers} fp32 {r['mode']}")
         print(f"  static policy : {r['static']['why']}")
         print(f"  autotuned     : {r['autotuned']['why']}")
         print(f"  first call    : {r['first_call_s'] * 1e3:.1f} ms (a steady forward: "
