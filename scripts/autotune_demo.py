@@ -10,8 +10,7 @@ so the answer cannot be noise:
   decode step  I = H = 256, 2 layers, B = 1, T = 1, fp32, inference -- decoding by calling forward one step at a time:
                the policy runs cpu (its cell B = 1, H = 256 wins ×3 forward, measured at T ≈ 3500), but at T = 1 the
                recurrence is nothing and the fused stack's per-layer overhead (input GEMM, autograd.Function, op
-               dispatch) is all there is, while native is one op call: the policy's key has no T. (``RNN.step`` is
-               the fast way to decode; this is the call many users write.)
+               dispatch) is all there is, while native is one op call: the policy's key has no T.
 For each: what ``fused_rnn.explain`` says before (static) and after the first call (autotuned, with its times); the
 first call's cost; then an independent check -- both paths forced (backend="native" / "cpu"), timed in interleaved
 rounds (order alternating), forward + backward as in the tuned call -- with the medians, the per-round ratio's median
