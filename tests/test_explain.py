@@ -184,6 +184,12 @@ def test_gpu_reasons_with_an_injected_capability(monkeypatch: pytest.MonkeyPatch
         assert e.name == want and words in e.summary, e.summary
         assert _layers(e) == [want]
     assert "NVIDIA H200 (sm_90)" in e.summary
+    # a forced tier (environment) reaches every layer-direction, and the reason names the variable
+    monkeypatch.setenv("FUSED_RNN_CUDA_TIER", "fallback")
+    rnn2 = fused_rnn.RNN(256, 256, num_layers=2, bidirectional=True, device="meta", dtype=torch.bfloat16)
+    e = explain_call(rnn2, torch.device("cuda", 0), torch.bfloat16, torch.bfloat16, False, 100, 1, False)
+    assert (e.name, e.rule) == ("cuda:fallback", "forced-tier") and "FUSED_RNN_CUDA_TIER=fallback" in e.summary
+    assert _layers(e) == ["cuda:fallback"] * 4
 
 
 # ----------------------------------------------------------------------------------------------------------------
