@@ -20,6 +20,7 @@ std::vector<std::string>& log_store() {
 }
 thread_local std::string t_refusal;
 thread_local std::string t_detail;
+thread_local bool t_arch = false;
 
 }  // namespace
 
@@ -47,8 +48,13 @@ std::vector<std::string> entries(long long start) {
 void begin_call() {
   t_refusal.clear();
   t_detail.clear();
+  t_arch = false;
 }
-void note_refusal(const std::string& why) { t_refusal = why; }
+void note_refusal(const std::string& why, bool arch) {
+  t_refusal = why;
+  t_arch = arch;
+}
+bool refusal_is_arch() { return t_arch; }
 void note_detail(const std::string& what) { t_detail = what; }
 std::string refusal() { return t_refusal; }
 std::string detail() { return t_detail; }

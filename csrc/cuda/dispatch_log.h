@@ -23,9 +23,11 @@ long long size();               // entries appended since the last clear
 std::vector<std::string> entries(long long start);  // entries [start, size())
 
 void begin_call();                      // clears this thread's notes before a dispatch
-void note_refusal(const std::string& why);  // a launcher refused; the last note wins
+void note_refusal(const std::string& why, bool arch = false);  // a launcher refused (arch: the GPU or the build's
+                                                               // archs cannot run it at all); the last note wins
 void note_detail(const std::string& what);  // a launcher ran (only called while enabled())
 std::string refusal();                  // this thread's notes since begin_call()
+bool refusal_is_arch();
 std::string detail();
 
 // Appends "op \t requested \t ran \t why \t detail \t shape" (tabs separate the fields; none may contain one).

@@ -214,6 +214,13 @@ std::string shape_str(int64_t T, int64_t B, int64_t H, at::ScalarType st) {
 // asked for ("" when it ran as asked).
 void record(const char* op, c10::string_view requested, Tier ran, const std::string& why, int64_t T, int64_t B,
             int64_t H, at::ScalarType st) {
+  // A tier this GPU or build cannot run at all (clusters before sm_90, no kernel image): say so once, clearly; the
+  // results are still right (fallback ran). Resource refusals (shared memory, co-residency) stay silent: they are
+  // per shape, and the record has them.
+  if (ran == Tier::Fallback && dispatch_log::refusal_is_arch()) {
+    TORCH_WARN_ONCE("fused_rnn: ", why, ". Running the 'fallback' tier instead (shown once; ",
+                    "fused_rnn.backends.tier_log.record() shows every call).");
+  }
   if (!dispatch_log::enabled()) return;
   dispatch_log::append(op, std::string(requested), tier_name(ran), why, dispatch_log::detail(), shape_str(T, B, H, st));
 }

@@ -43,7 +43,7 @@ namespace {
 template <typename T, bool kBwd>
 bool launch_cluster_any(const Args<T>& a, cudaStream_t stream) {
   const std::string why = cluster_refusal<T, kBwd>();
-  if (!why.empty()) return refuse(why);
+  if (!why.empty()) return refuse_arch(why);
   int dev = 0, optin = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)

@@ -431,6 +431,11 @@ inline bool refuse(const std::string& why) {
   dispatch_log::note_refusal(why);
   return refuse();
 }
+// A refusal because this GPU (or the build's arch list) cannot run the tier at all: the dispatcher warns once.
+inline bool refuse_arch(const std::string& why) {
+  dispatch_log::note_refusal(why, true);
+  return refuse();
+}
 
 template <typename... Xs>
 inline std::string fmt(const char* f, Xs... args) {
@@ -615,7 +620,7 @@ inline std::string cluster_no_plan(int B, int H, int elem, size_t optin) {
 template <typename T, int BT, bool kBwd>
 bool launch_cluster(Args<T> a, cudaStream_t stream, int force_blocks = 0) {
   const std::string why = cluster_refusal<T, kBwd>();
-  if (!why.empty()) return refuse(why);
+  if (!why.empty()) return refuse_arch(why);
   int dev = 0, optin = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
