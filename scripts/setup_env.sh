@@ -33,7 +33,8 @@ tools=(pytest:pytest pytest_timeout:pytest-timeout numpy:numpy matplotlib:matplo
 if [ "$PY" = "$PWD/.venv/bin/python" ]; then tools+=(build:build); fi
 missing=()
 for mod in "${tools[@]}"; do
-  "$PY" -c "import ${mod%%:*}" >/dev/null 2>&1 || missing+=("${mod##*:}")
+  # From /: a checkout's build/ folder would otherwise pass for the `build` package (a namespace package).
+  (cd / && "$PY" -c "import ${mod%%:*}") >/dev/null 2>&1 || missing+=("${mod##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
