@@ -11,8 +11,10 @@ from __future__ import annotations
 from .backends.select import available_backends
 from .functional import elman_layer
 from .modules import RNN
+from .onnx import export_onnx, onnx_translations
 from .precision import allow_tf32
 from .recurrence import ElmanRecurrence, recurrence
 
-__all__ = ["RNN", "available_backends", "elman_layer", "recurrence", "ElmanRecurrence", "allow_tf32"]
+__all__ = ["RNN", "available_backends", "elman_layer", "recurrence", "ElmanRecurrence", "allow_tf32", "export_onnx",
+           "onnx_translations"]
 __version__ = "0.1.0"

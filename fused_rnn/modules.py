@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import concurrency as _conc
 from . import diagnostics as _diag
+from . import onnx as _onnx
 from .backends.select import BACKEND_NAMES
 from .functional import check_lengths, elman_layer
 from .precision import compute_dtype
@@ -87,6 +88,12 @@ class RNN(nn.RNNBase):
     def forward(self, input, hx: Tensor | None = None, lengths: Tensor | None = None):  # noqa: A002 (nn.RNN's name)
         # No self._update_flat_weights(): the parameters are read by name (_layer_weights), never through the
         # weakref'd flat list, and skipping it keeps weakrefs out of what torch.compile traces.
+        # torch.onnx.export is tracing this call: standard ONNX RNN nodes instead of the fused ops (fused_rnn/onnx.py)
+        onnx_export = _onnx.exporting()
+        if onnx_export:
+            if torch.jit.is_tracing():  # the legacy exporter: PyTorch's own RNN op, which torch's symbolic exports
+                return _onnx.legacy_forward(self, input, hx, lengths)
+            _onnx.check_dynamo_export(self, input)
         num_directions = 2 if self.bidirectional else 1
         orig_input = input
         batch_sizes = None
@@ -148,7 +155,9 @@ class RNN(nn.RNNBase):
         if x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-        if amp_dtype is None:
+        if onnx_export:  # one layer-level op per layer, which onnx_translations() maps to an ONNX RNN node
+            output, h_n = _onnx.run_layers(self, x, hx, seq_lengths, amp_dtype)
+        elif amp_dtype is None:
             output, h_n = self._run_layers(x, hx, seq_lengths)
         else:
             # The casts are done; inside, every op runs in the compute dtype as written (no second cast).
