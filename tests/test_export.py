@@ -2,9 +2,9 @@
 
 torch.export keeps the fused ops opaque (torch.ops.fused_rnn.elman_fwd), so one exported graph with dynamic T and B
 serves every sequence length and batch size; checked in eval mode against eager fused_rnn.RNN and nn.RNN. The
-AOTInductor package (a C++ compile, the slow part of this file: ~20 s on 2 quiet cores) is built from the README's
-snippet and run in a fresh process, first without fused_rnn imported (it must fail: the package calls fused_rnn's
-ops), then after the README's serving snippet imports it.
+AOTInductor package (a C++ compile, the slow part of this file: ~22 s of CPU time, 2026-12-01) is built from the
+README's snippet and run in a fresh process, first without fused_rnn imported (it must fail: the package calls
+fused_rnn's ops), then after the README's serving snippet imports it.
 """
 
 from __future__ import annotations
