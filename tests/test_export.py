@@ -9,6 +9,7 @@ fused_rnn's ops), then after the README's serving snippet imports it.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -126,7 +127,11 @@ def test_aoti_package_runs_in_a_fresh_process(tmp_path: Path, monkeypatch: pytes
     x = torch.randn(5, 13, 16)  # another batch size and sequence length than the example's
     torch.save(x, tmp_path / "x.pt")
     (tmp_path / "serve_snippet.py").write_text(readme_snippet("deploy-aoti-serve"))
-    proc = subprocess.run([sys.executable, "-c", _SERVE], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    # the fused_rnn under test, installed or not (an in-place build is found through the repository root)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(fused_rnn.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _SERVE], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     served = torch.load(tmp_path / "served.pt")
     assert "fused_rnn::elman_fwd" in served["without"], served["without"]
