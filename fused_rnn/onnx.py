@@ -15,9 +15,9 @@ How each exporter sees the module (``RNN.forward`` asks ``exporting()`` / ``lega
   fake implementation), instead of the fused ops, which take pre-activations P and cannot express an ``RNN`` node.
   ``onnx_translations()`` maps it to ``RNN`` with W = w_ih, R = w_hh, B = concat(b_ih, b_hh) (omitted for
   ``bias=False``: the ONNX default B is 0), ``sequence_lens`` = ``lengths=`` (int32), ``initial_h`` = the layer's slice
-  of hx, ``activations`` Tanh/Relu, ``direction`` forward or bidirectional. The optimizer folds the weight
-  Unsqueeze/Concat into initializers. Outside ONNX export (eager, torch.compile, torch.export, AOTInductor) nothing
-  changes: the fused ops run.
+  of hx, ``activations`` Tanh/Relu, ``direction`` forward or bidirectional. ``fold_weights`` (which ``export_onnx``
+  calls) turns the weights' Unsqueeze/Concat into stored initializers at any size. Outside ONNX export (eager,
+  torch.compile, torch.export, AOTInductor) nothing changes: the fused ops run.
 * **legacy exporter** (``dynamo=False``, TorchScript tracing). The module runs the ``native`` path -- PyTorch's own
   RNN op, what ``nn.RNN`` runs -- so torch's own ONNX symbolic emits ``RNN`` (``legacy_forward``).
 
@@ -33,12 +33,12 @@ in that order (t = L_b−1 forward, t = 0 reverse) -- for one and two directions
 Outside the contract the two differ: fused_rnn raises for L_b ∉ [1, T]; onnxruntime raises for L_b ∉ [0, T] and
 gives an all-zero output and h_n = 0 for L_b = 0. The exported graph has no check of its own (the exporter drops
 assertions). PackedSequence input cannot be exported by the dynamo exporter (packing reads sizes on the host): pass
-padded input and ``lengths=``; the legacy exporter takes it as nn.RNN does.
+padded input and ``lengths=`` (under the legacy exporter PackedSequence goes to nn.RNN's own code; not tested here).
 
 **What is refused at export, with the reason:** bfloat16 (ONNX ``RNN`` has no bfloat16 type), ``lengths=`` with the
 legacy exporter (nn.RNN has no such argument; use the dynamo exporter), PackedSequence with the dynamo exporter.
-float64 exports (ONNX allows it) but onnxruntime's CPU provider has no float64 ``RNN`` kernel (1.32): export float32
-or float16 for onnxruntime.
+float16 exports and runs in onnxruntime (tested); float64 exports (ONNX allows it) but onnxruntime's CPU provider has
+no float64 ``RNN`` kernel (1.32: "Could not find an implementation for RNN(14)"): export float32 or float16 for it.
 
 ``import fused_rnn`` defines the op but imports neither onnx nor onnxscript; ``onnx_translations()`` imports
 onnxscript when called. Shapes: T time, B batch, I input, H hidden, D directions, L layers.
