@@ -27,4 +27,4 @@ gpu-test-full:
 	@PY=$$(scripts/setup_env.sh) && $$PY -m pytest -q -m "gpu" tests
 
 clean:
-	rm -rf build fused_rnn/_C*.so *.egg-info bench/out
+	rm -rf build fused_rnn/_C*.so fused_rnn/_build_info.json *.egg-info bench/out dist

@@ -13,8 +13,12 @@ Switches:
 from __future__ import annotations
 
 import glob
+import json
 import os
+import platform
+import re
 import shutil
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -24,8 +28,11 @@ try:
     from torch.utils import cpp_extension
 except ImportError:  # pragma: no cover - a clear message instead of a traceback
     sys.exit(
-        "fused_rnn needs PyTorch installed first (it is not a build requirement on purpose).\n"
-        "  pip install torch && pip install --no-build-isolation -e ."
+        "fused_rnn needs PyTorch installed first, and pip's --no-build-isolation: it compiles against the torch you\n"
+        "have, so torch is not a build requirement on purpose (an isolated build would download a second, multi-GB\n"
+        "torch and compile against that one). Run:\n"
+        "  pip install torch                      # if it is not installed yet\n"
+        "  pip install --no-build-isolation .     # or -e . for development, or the sdist file instead of ."
     )
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -121,12 +128,128 @@ def build_extension():
     )
 
 
+# ---- version, build record, metadata -------------------------------------------------------------------------------
+
+
+def _read_version() -> str:
+    """fused_rnn/_version.py, read as text: importing the package would import torch and load the extension."""
+    with open(os.path.join(ROOT, "fused_rnn", "_version.py"), encoding="utf-8") as f:
+        m = re.search(r'^__version__\s*=\s*"([^"]+)"', f.read(), re.M)
+    if not m:
+        raise RuntimeError("fused_rnn/_version.py must hold a line __version__ = \"X.Y.Z\"")
+    return m.group(1)
+
+
+def _cuda_archs(ext) -> list[str]:
+    """The targets nvcc compiles ``ext`` for: ["sm_90", "compute_90", ...] (sm_* = SASS, compute_* = PTX)."""
+    args = ext.extra_compile_args.get("nvcc", []) if isinstance(ext.extra_compile_args, dict) else []
+    try:  # what BuildExtension adds when the flags name no arch (it reads TORCH_CUDA_ARCH_LIST)
+        args = list(args) + cpp_extension._get_cuda_arch_flags(list(args))
+    except Exception:  # a torch without this private helper: the explicit flags alone
+        pass
+    out: set[str] = set()
+    for a in args:  # -gencode=arch=compute_90a,code=sm_90a | -gencode arch=...,code=[sm_90,compute_90] | -arch=sm_90
+        for m in re.finditer(r"(?:^|,)code=\[?([\w,]+)\]?|^--?arch=(\w+)", a):
+            out.update(t for t in (m.group(1) or m.group(2)).split(",") if t)
+    return sorted(out, key=lambda t: (not t.startswith("sm_"), int(re.sub(r"\D", "", t) or 0), t))
+
+
+def _nvcc_version() -> str | None:
+    home = cpp_extension.CUDA_HOME or _find_cuda_home()
+    nvcc = os.path.join(home, "bin", "nvcc") if home else shutil.which("nvcc")
+    try:
+        text = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except Exception:
+        return None
+    m = re.search(r"release ([\d.]+)", text)
+    return m.group(1) if m else None
+
+
+class BuildExtWithInfo(cpp_extension.BuildExtension.with_options(use_ninja=True)):
+    """torch's BuildExtension, then ``fused_rnn/_build_info.json`` beside the built ``_C`` module.
+
+    It records the torch the binary is tied to (``fused_rnn._ext`` refuses to load it into another torch and names
+    both versions) and what was compiled in (shown by ``python -m fused_rnn``). Written next to the module wherever
+    it lands -- build/lib for a wheel, the source tree for ``-e`` or ``build_ext --inplace`` -- so each copy of
+    ``_C`` carries its own record; never committed, never in the sdist (MANIFEST.in).
+    """
+
+    def run(self) -> None:
+        super().run()
+        for ext in self.extensions:
+            if ext.name == "fused_rnn._C":
+                path = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), "_build_info.json")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w", encoding="utf-8") as f:
+                    json.dump(self._build_info(ext), f, indent=1, sort_keys=True)
+                    f.write("\n")
+
+    def get_outputs(self) -> list[str]:
+        out = list(super().get_outputs())
+        for ext in self.extensions:
+            if ext.name == "fused_rnn._C":
+                out.append(os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), "_build_info.json"))
+        return out
+
+    @staticmethod
+    def _build_info(ext) -> dict:
+        with_cuda = any(s.endswith(".cu") for s in ext.sources)
+        return {
+            "fused_rnn_version": _read_version(),
+            "torch_version": torch.__version__,
+            "torch_cuda_version": torch.version.cuda,
+            "python_version": platform.python_version(),
+            "with_cuda": with_cuda,
+            "cuda_archs": _cuda_archs(ext) if with_cuda else [],
+            "nvcc_version": _nvcc_version() if with_cuda else None,
+            "debug": DEBUG,
+            "fast_math": os.environ.get("FUSED_RNN_FAST_MATH") == "1",
+        }
+
+
+def _long_description() -> str:
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        return f.read()
+
+
 setup(
     name="fused_rnn",
-    version="0.1.0",
+    version=_read_version(),
     description="Fused Elman RNN (tanh/relu) for PyTorch: CUDA C++, Triton and C++ CPU kernels behind a drop-in nn.RNN",
+    long_description=_long_description(),
+    long_description_content_type="text/markdown",
+    author="the fused_rnn authors",
+    license="MIT",  # (setuptools >= 77 deprecates license classifiers; this field works with every version)
+    license_files=["LICENSE"],
+    # PLACEHOLDER URLs: there is no public repository yet (.invalid never resolves). Replace before publishing.
+    url="https://fused-rnn.invalid/",
+    project_urls={
+        "Source": "https://fused-rnn.invalid/source",
+        "Issues": "https://fused-rnn.invalid/issues",
+        "Documentation": "https://fused-rnn.invalid/docs/design.md",
+    },
+    keywords=["pytorch", "rnn", "elman", "cuda", "triton", "recurrent neural network"],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Developers",
+        "Intended Audience :: Science/Research",
+        "Operating System :: POSIX :: Linux",
+        "Environment :: GPU :: NVIDIA CUDA",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Programming Language :: C++",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Software Development :: Libraries :: Python Modules",
+    ],
     packages=find_packages(include=["fused_rnn", "fused_rnn.*"]),
     python_requires=">=3.10",
+    # A runtime requirement only (never a build one: see pyproject.toml). A built wheel still needs the very torch
+    # it was compiled against; fused_rnn._ext checks that at import.
+    install_requires=["torch>=2.11"],
     ext_modules=[build_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtWithInfo},
 )

@@ -4,10 +4,14 @@ drop-in replacement for ``torch.nn.RNN``.
     >>> import torch, fused_rnn
     >>> rnn = fused_rnn.RNN(32, 64, num_layers=2, batch_first=True)
     >>> out, h_n = rnn(torch.randn(8, 100, 32))        # out [8, 100, 64], h_n [2, 8, 64]
+
+``python -m fused_rnn`` (or ``fused_rnn.show_config()``) prints the versions, build and devices for a bug report.
 """
 
 from __future__ import annotations
 
+from ._config import show_config
+from ._version import __version__ as __version__
 from .backends.select import available_backends
 from .functional import elman_layer
 from .modules import RNN
@@ -15,6 +19,5 @@ from .onnx import export_onnx, onnx_translations
 from .precision import allow_tf32
 from .recurrence import ElmanRecurrence, recurrence
 
-__all__ = ["RNN", "available_backends", "elman_layer", "recurrence", "ElmanRecurrence", "allow_tf32", "export_onnx",
-           "onnx_translations"]
-__version__ = "0.1.0"
+__all__ = ["RNN", "available_backends", "elman_layer", "recurrence", "ElmanRecurrence", "allow_tf32", "show_config",
+           "export_onnx", "onnx_translations"]

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from . import _lazy_compile
 from . import concurrency as _conc
 from . import diagnostics as _diag
 from . import onnx as _onnx
@@ -313,13 +314,13 @@ class RNN(nn.RNNBase):
 # (Un)packing reads batch_sizes on the host, so torch.compile cannot trace it: torch 2.14's Dynamo skips
 # pad_packed_sequence (a graph break), torch 2.11's traces into it and fails on fake tensors. Running both
 # conversions eagerly gives the same graph break on every version (fullgraph=False for PackedSequence input).
-@torch.compiler.disable
+@_lazy_compile.disable
 def _packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor]:
     """PackedSequence data [N, I] + batch_sizes [T] (sorted order) -> (x [T, B, I] zero-padded, lengths [B] int64)."""
     return pad_packed_sequence(PackedSequence(data, batch_sizes, None, None), batch_first=False)
 
 
-@torch.compiler.disable
+@_lazy_compile.disable
 def _padded_to_packed_data(output: Tensor, lengths: Tensor) -> Tensor:
     """output [T, B, D·H] in sorted order, lengths [B] -> packed data [N, D·H] (the inverse of _packed_to_padded)."""
     return pack_padded_sequence(output, lengths, batch_first=False, enforce_sorted=True).data

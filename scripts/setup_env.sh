@@ -26,9 +26,13 @@ else
 fi
 
 # Only what is missing (the GPU machine has everything and no registry).
+tools=(pytest:pytest pytest_timeout:pytest-timeout numpy:numpy matplotlib:matplotlib setuptools:setuptools wheel:wheel
+       ninja:ninja)
+# `build` makes the sdist in tests/test_packaging.py; only in our own .venv (a machine with a registry): where python3
+# already has torch (the GPU machine, no registry) the test uses setuptools' PEP 517 hook, which `build` calls anyway.
+if [ "$PY" = "$PWD/.venv/bin/python" ]; then tools+=(build:build); fi
 missing=()
-for mod in pytest:pytest pytest_timeout:pytest-timeout numpy:numpy matplotlib:matplotlib setuptools:setuptools \
-           wheel:wheel ninja:ninja; do
+for mod in "${tools[@]}"; do
   "$PY" -c "import ${mod%%:*}" >/dev/null 2>&1 || missing+=("${mod##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

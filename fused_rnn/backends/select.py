@@ -15,6 +15,7 @@ from types import ModuleType
 
 import torch
 
+from .. import _lazy_compile
 from . import fake  # noqa: F401  (registers the ops' fake implementations)
 
 BACKEND_NAMES: tuple[str, ...] = ("reference", "cpu", "cuda", "triton")
@@ -137,7 +138,7 @@ def resolve(backend: str, device: torch.device, H: int, B: int, dtype: torch.dty
     return Choice(name, tier)
 
 
-@torch.compiler.assume_constant_result
+@_lazy_compile.assume_constant_result
 def _resolve_name(backend: str, device_type: str) -> tuple[str, str, bool, bool]:
     """(backend name, forced tier or "", whether it came from "auto", whether the backend has several tiers).
 
