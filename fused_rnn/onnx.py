@@ -49,6 +49,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -301,6 +302,10 @@ def export_onnx(
         dynamic_shapes, names = _rnn_dynamic_shapes(model, args, kwargs)
         input_names = list(input_names) if input_names is not None else names
         output_names = list(output_names) if output_names is not None else ["output", "h_n"]
+    elif dynamic_shapes is None and export_kwargs.get("dynamic_axes") is None:
+        warnings.warn("fused_rnn.onnx.export_onnx: no dynamic_shapes given for a model that is not a fused_rnn.RNN: "
+                      "every input size is fixed to the example's. Pass dynamic_shapes to keep T and B dynamic.",
+                      stacklevel=2)
     was_training = model.training
     model.eval()
     try:
@@ -308,9 +313,14 @@ def export_onnx(
             table = dict(onnx_translations())
             table.update(export_kwargs.pop("custom_translation_table", None) or {})
             external_data = export_kwargs.pop("external_data", True)
-            program = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True,
-                                        dynamic_shapes=dynamic_shapes, input_names=input_names,
-                                        output_names=output_names, custom_translation_table=table, **export_kwargs)
+            with warnings.catch_warnings():
+                # torch 2.14 warns once per input that shares the batch axis ("The axis name: B will not be used,
+                # since it shares the same shape constraints with another axis: B"); the names come out right.
+                warnings.filterwarnings("ignore", message=r".*The axis name: .* will not be used")
+                program = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True,
+                                            dynamic_shapes=dynamic_shapes, input_names=input_names,
+                                            output_names=output_names, custom_translation_table=table,
+                                            **export_kwargs)
             if export_kwargs.get("optimize", True):
                 fold_weights(program)
             if f is not None:
