@@ -15,7 +15,9 @@ from ._version import __version__ as __version__
 from .backends.select import available_backends
 from .functional import elman_layer
 from .modules import RNN
+from .onnx import export_onnx, onnx_translations
 from .precision import allow_tf32
 from .recurrence import ElmanRecurrence, recurrence
 
-__all__ = ["RNN", "available_backends", "elman_layer", "recurrence", "ElmanRecurrence", "allow_tf32", "show_config"]
+__all__ = ["RNN", "available_backends", "elman_layer", "recurrence", "ElmanRecurrence", "allow_tf32", "show_config",
+           "export_onnx", "onnx_translations"]

@@ -35,6 +35,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import _lazy_compile
 from . import diagnostics as _diag
+from . import onnx as _onnx
 from .backends.select import MODULE_BACKENDS, NATIVE, _resolve_name, choose_path, tracing
 from .functional import check_lengths
 from .native import run_native_stack
@@ -104,6 +105,12 @@ class RNN(nn.RNNBase):
         # No self._update_flat_weights() here: the fused stack reads the parameters by name (_layer_weights), never
         # through the weakref'd flat list, and skipping it keeps weakrefs out of what torch.compile traces; the
         # native stack calls it in eager mode, as nn.RNN does.
+        # torch.onnx.export is tracing this call: standard ONNX RNN nodes instead of the fused ops (fused_rnn/onnx.py)
+        onnx_export = _onnx.exporting()
+        if onnx_export:
+            if torch.jit.is_tracing():  # the legacy exporter: PyTorch's own RNN op, which torch's symbolic exports
+                return _onnx.legacy_forward(self, input, hx, lengths)
+            _onnx.check_dynamo_export(self, input)
         num_directions = 2 if self.bidirectional else 1
         orig_input = input
         batch_sizes = None
@@ -138,7 +145,7 @@ class RNN(nn.RNNBase):
         amp_dtype = autocast_dtype(input.device.type)
         path = self._choose_path(input, hx, amp_dtype, max_batch_size)
 
-        if path.native:
+        if path.native and not onnx_export:  # (an ONNX export runs the layer-level op below, forced native too)
             # nn.RNN's order: zeros in the input's own dtype, the module's checks, then the op, which autocast
             # casts itself (autocast is left as the caller set it).
             if hx is None:
@@ -180,7 +187,9 @@ class RNN(nn.RNNBase):
         if x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-        if amp_dtype is None:
+        if onnx_export:  # one layer-level op per layer, which onnx_translations() maps to an ONNX RNN node
+            output, h_n = _onnx.run_layers(self, x, hx, seq_lengths, amp_dtype)
+        elif amp_dtype is None:
             output, h_n = run_fused_stack(self, x, hx, seq_lengths, None, path.path, path.tier)
         else:
             # The casts are done; inside, every op runs in the compute dtype as written (no second cast).
