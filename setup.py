@@ -5,7 +5,11 @@ build requirement, since build isolation would pull a second multi-GB torch into
 
 Switches:
   FUSED_RNN_SKIP_CUDA_BUILD=1   build the CPU part only (fast iteration)
-  TORCH_CUDA_ARCH_LIST          honoured; defaults to 9.0 (H100/H200) when no GPU is visible
+  FUSED_RNN_CUDA_ARCHS          GPU architectures to compile: a list ("80;90a", "8.0 9.0a", "sm_80,sm_120+PTX"),
+                                "dist" (the distributable list below) or "native" (the visible GPUs); wins over
+  TORCH_CUDA_ARCH_LIST          which is honoured otherwise. With neither set: the visible GPUs (9.0 built as 9.0a);
+                                with no GPU visible, the distributable list: sm_80, 86, 89, 90a, plus 100 and 120
+                                where this nvcc has them, plus PTX of the newest (`make test` pins 9.0a instead)
   MAX_JOBS                      parallel compile jobs
   DEBUG=1                       -O0 -g
 """
@@ -75,6 +79,92 @@ def _nvidia_wheel_includes() -> list[str]:
     return out
 
 
+# ---- CUDA architectures (issue #20) --------------------------------------------------------------------------------
+# The distributable list: A100/A30 (8.0), A10/RTX 30 (8.6), L4/L40/RTX 40 (8.9), H100/H200 (9.0a: sm_90a, which the
+# Hopper-only features need), then B200 (10.0) and RTX 50 / RTX PRO Blackwell (12.0) where this nvcc knows them, with
+# PTX of the newest plain arch so later GPUs can JIT it. ~38 s per .cu file per arch on a 2-core machine, so CI pins
+# one arch (`make test`: 9.0a) and compiles sm_80 in a separate, timed step (.ci/run).
+DIST_ARCHS = ("8.0", "8.6", "8.9", "9.0a")
+NEWER_ARCHS = ("10.0", "12.0")
+
+
+def _nvcc_archs() -> set[str]:
+    """compute capabilities this nvcc can compile ("80", "90", "100", ...); empty when it cannot say."""
+    import re
+    import subprocess
+
+    nvcc = shutil.which("nvcc") or os.path.join(_find_cuda_home() or "/usr/local/cuda", "bin", "nvcc")
+    try:
+        out = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, timeout=60).stdout
+    except Exception:
+        return set()
+    return set(re.findall(r"compute_(\d+)", out))
+
+
+def _dist_arch_list() -> str:
+    have = _nvcc_archs()
+    archs = list(DIST_ARCHS) + [a for a in NEWER_ARCHS if a.replace(".", "") in have]
+    plain = [a for a in archs if not a.endswith("a")]
+    archs[archs.index(plain[-1])] += "+PTX"  # PTX of an arch-specific target (9.0a) would not run elsewhere
+    return ";".join(archs)
+
+
+def _native_arch_list() -> str:
+    """The visible GPUs' archs (cc 9.0 as 9.0a), or "" when none is visible."""
+    try:
+        if not torch.cuda.is_available():
+            return ""
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    except Exception:
+        return ""
+    return ";".join(f"{ma}.{mi}" + ("a" if (ma, mi) == (9, 0) else "") for ma, mi in caps)
+
+
+def _normalize_archs(spec: str) -> str:
+    """'80;90a' / '8.0 9.0a' / 'sm_80,sm_120+PTX' -> '8.0;9.0a;12.0+PTX' (TORCH_CUDA_ARCH_LIST syntax)."""
+    import re
+
+    out = []
+    for tok in re.split(r"[;, ]+", spec.strip()):
+        if not tok:
+            continue
+        m = re.fullmatch(r"(?:sm_|compute_)?(\d+)(?:\.(\d))?(a?)(\+ptx)?", tok, flags=re.IGNORECASE)
+        if not m:
+            sys.exit(f"FUSED_RNN_CUDA_ARCHS: cannot read {tok!r} (examples: 80;90a, 8.0 9.0a, sm_120+PTX)")
+        major, minor = (m.group(1), m.group(2)) if m.group(2) is not None else (m.group(1)[:-1], m.group(1)[-1])
+        out.append(f"{major}.{minor}{m.group(3).lower()}" + ("+PTX" if m.group(4) else ""))
+    return ";".join(out)
+
+
+def cuda_arch_list() -> tuple[str, str]:
+    """(TORCH_CUDA_ARCH_LIST value, where it came from)."""
+    spec = os.environ.get("FUSED_RNN_CUDA_ARCHS", "").strip()
+    if spec in ("dist", "all"):
+        return _dist_arch_list(), f"FUSED_RNN_CUDA_ARCHS={spec}"
+    if spec == "native":
+        native = _native_arch_list()
+        if not native:
+            sys.exit("FUSED_RNN_CUDA_ARCHS=native: no GPU is visible")
+        return native, "FUSED_RNN_CUDA_ARCHS=native"
+    if spec:
+        return _normalize_archs(spec), "FUSED_RNN_CUDA_ARCHS"
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"], "TORCH_CUDA_ARCH_LIST"
+    native = _native_arch_list()
+    if native:
+        return native, "the visible GPUs"
+    return _dist_arch_list(), "no GPU visible: the distributable list"
+
+
+def _arch_macros(archs: str) -> list[tuple[str, str]]:
+    """csrc/cuda/arch.h: the list as -DFUSED_RNN_BUILT_ARCHS=8.0:9.0a (':' since nvcc splits -D at commas)."""
+    toks = [t for t in archs.replace(" ", ";").split(";") if t]
+    macros = [("FUSED_RNN_BUILT_ARCHS", ":".join(toks))]
+    if any(t.removesuffix("+PTX") == "9.0a" for t in toks):
+        macros.append(("FUSED_RNN_BUILT_SM90A", "1"))
+    return macros
+
+
 def build_extension():
     cxx_flags = ["-O0", "-g"] if DEBUG else ["-O3"]
     cxx_flags += ["-fopenmp"]  # the C++ standard is torch's own choice (C++20 from torch 2.13)
@@ -86,15 +176,11 @@ def build_extension():
         if cuda_home:
             os.environ["CUDA_HOME"] = cuda_home
             cpp_extension.CUDA_HOME = cuda_home
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-            # ENV.md fact 3: with no GPU visible torch's arch detection dies with IndexError.
-            visible = False
-            try:
-                visible = torch.cuda.is_available()
-            except Exception:
-                visible = False
-            if not visible:
-                os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+        # Always an explicit list (ENV.md fact 3: with no GPU visible torch's own detection dies with IndexError).
+        archs, why = cuda_arch_list()
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        print(f"[fused_rnn] CUDA archs: {archs} ({why})", file=sys.stderr)
+        define_macros += _arch_macros(archs)
         cu_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu"))) + sorted(
             glob.glob(os.path.join("csrc", "cuda", "*.cpp"))
         )

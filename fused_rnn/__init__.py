@@ -19,8 +19,9 @@ from .autotune import autotune_enabled, set_autotune
 from .backends.select import available_backends
 from .functional import elman_layer
 from .modules import RNN
+from .onnx import export_onnx, onnx_translations
 from .precision import allow_tf32
 from .recurrence import ElmanRecurrence, recurrence
 
 __all__ = ["RNN", "available_backends", "elman_layer", "recurrence", "ElmanRecurrence", "allow_tf32", "show_config",
-           "explain", "Explanation", "set_autotune", "autotune_enabled"]
+           "explain", "Explanation", "set_autotune", "autotune_enabled", "export_onnx", "onnx_translations"]

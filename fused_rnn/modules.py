@@ -38,6 +38,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import _lazy_compile
 from . import autotune as _autotune
 from . import diagnostics as _diag
+from . import onnx as _onnx
 from .backends.select import MODULE_BACKENDS, NATIVE, _resolve_name, choose_path, tracing
 from .functional import check_lengths
 from .native import run_native_stack
@@ -107,10 +108,16 @@ class RNN(nn.RNNBase):
         # No self._update_flat_weights() here: the fused stack reads the parameters by name (_layer_weights), never
         # through the weakref'd flat list, and skipping it keeps weakrefs out of what torch.compile traces; the
         # native stack calls it in eager mode, as nn.RNN does.
+        # torch.onnx.export is tracing this call: standard ONNX RNN nodes instead of the fused ops (fused_rnn/onnx.py)
+        onnx_export = _onnx.exporting()
+        if onnx_export:
+            if torch.jit.is_tracing():  # the legacy exporter: PyTorch's own RNN op, which torch's symbolic exports
+                return _onnx.legacy_forward(self, input, hx, lengths)
+            _onnx.check_dynamo_export(self, input)
         call = self._parse(input, hx, lengths)
         amp_dtype = autocast_dtype(call.input.device.type)
         path = self._choose_path(call, amp_dtype)
-        return self._run(path, call, amp_dtype)
+        return self._run(path, call, amp_dtype, onnx_export)
 
     def explain(self, input, hx: Tensor | None = None, lengths: Tensor | None = None, *,  # noqa: A002
                 compiled: bool = False):
@@ -154,15 +161,16 @@ class RNN(nn.RNNBase):
             max_batch_size = input.size(0) if self.batch_first else input.size(1)
         return _Call(input, hx, lengths, batch_sizes, sorted_indices, unsorted_indices, is_batched, max_batch_size)
 
-    def _run(self, path, call: _Call, amp_dtype: torch.dtype | None):
-        """Run the parsed call on ``path`` (a policy.Decision, or the traced stand-ins below): native or fused."""
+    def _run(self, path, call: _Call, amp_dtype: torch.dtype | None, onnx_export: bool = False):
+        """Run the parsed call on ``path`` (a policy.Decision, or the traced stand-ins below): native or fused;
+        ``onnx_export``: torch.onnx.export (dynamo) is tracing it (the layer-level ops of fused_rnn/onnx.py)."""
         input, hx, lengths, batch_sizes = call.input, call.hx, call.lengths, call.batch_sizes
         sorted_indices, unsorted_indices = call.sorted_indices, call.unsorted_indices
         is_batched, max_batch_size = call.is_batched, call.B
         num_directions = 2 if self.bidirectional else 1
         batch_dim = 0 if self.batch_first else 1
 
-        if path.native:
+        if path.native and not onnx_export:  # (an ONNX export runs the layer-level op below, forced native too)
             # nn.RNN's order: zeros in the input's own dtype, the module's checks, then the op, which autocast
             # casts itself (autocast is left as the caller set it).
             if hx is None:
@@ -204,7 +212,9 @@ class RNN(nn.RNNBase):
         if x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-        if amp_dtype is None:
+        if onnx_export:  # one layer-level op per layer, which onnx_translations() maps to an ONNX RNN node
+            output, h_n = _onnx.run_layers(self, x, hx, seq_lengths, amp_dtype)
+        elif amp_dtype is None:
             output, h_n = run_fused_stack(self, x, hx, seq_lengths, None, path.path, path.tier)
         else:
             # The casts are done; inside, every op runs in the compute dtype as written (no second cast).

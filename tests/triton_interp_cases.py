@@ -336,3 +336,21 @@ def test_empty_batch_returns_empty_results() -> None:
     assert Y.shape == (3, 0, 4) and hn.shape == (0, 4)
     dA, dh0 = TB.backward(torch.zeros_like(Y), hn, Y, w, None, False, "tanh", "per_step", False)
     assert dA.shape == (3, 0, 4) and dh0.shape == (0, 4)
+
+
+def test_tier_record_names_the_tier_that_ran() -> None:
+    """fused_rnn.backends.tier_log records every Triton launch with the tier asked for and the tier that ran: a
+    resident request beyond its H limit (fp64: 128) runs per_step, and the record says so and why."""
+    from fused_rnn.backends import tier_log
+
+    small, big = _inputs(3, 2, 17, True, seed=1), _inputs(2, 1, 129, False, seed=2)
+    with tier_log.record() as runs:
+        _run(TB, small, torch.float32, False, "tanh", "resident")
+        _run(TB, big, torch.float64, True, "relu", "resident")
+    got = [(r.backend, r.op, r.requested, r.ran, bool(r.why)) for r in runs]
+    assert got == [("triton", "fwd", "resident", "resident", False), ("triton", "bwd", "resident", "resident", False),
+                   ("triton", "fwd", "resident", "per_step", True), ("triton", "bwd", "resident", "per_step", True)]
+    assert runs[2].shape == "T=2 B=1 H=129 float64", runs[2]
+    with tier_log.record() as after:
+        pass
+    assert after == []  # nothing left over once every record closed

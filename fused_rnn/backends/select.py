@@ -29,21 +29,16 @@ import torch
 
 from .. import _lazy_compile, policy
 from . import fake  # noqa: F401  (registers the ops' fake implementations)
+from .verified import GPU_VERIFIED, GPU_VERIFIED_CAPABILITY, GPU_VERIFIED_REPORT  # noqa: F401  (the one list)
 
 BACKEND_NAMES: tuple[str, ...] = ("reference", "cpu", "cuda", "triton")
 NATIVE = "native"
 # What fused_rnn.RNN(backend=...) and FUSED_RNN_BACKEND accept.
 MODULE_BACKENDS: tuple[str, ...] = ("auto", NATIVE) + BACKEND_NAMES
 
-# Tiers that have passed on a real GPU, with the report that shows it (README status table). `auto` uses them only
-# on GPUs of the compute capabilities they passed on: the kernels were proven on an H200 (sm_90), not elsewhere.
-# `batch_tiled` and every Triton tier have not run on a GPU yet: forced only.
-GPU_VERIFIED: dict[str, tuple[str, ...]] = {
-    "cuda": ("cluster", "persistent", "fallback"),
-    "triton": (),
-}
-GPU_VERIFIED_CAPABILITY: tuple[tuple[int, int], ...] = ((9, 0),)
-GPU_VERIFIED_REPORT: str = "bench/results/H200-2026-11-27.md"
+# GPU_VERIFIED (tiers that have passed on a real GPU), GPU_VERIFIED_CAPABILITY and GPU_VERIFIED_REPORT are imported
+# above from verified.py: the list is written once, in csrc/cuda/gpu_verified.h, and the CUDA op's empty tier reads the
+# same copy. `auto` uses the tiers only on GPUs of the compute capabilities they passed on (an H200, sm_90, so far).
 
 _TIER_ENV = {"cuda": "FUSED_RNN_CUDA_TIER", "triton": "FUSED_RNN_TRITON_TIER"}
 
