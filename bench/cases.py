@@ -2,20 +2,30 @@
 
 A *case* is one shape × dtype: T (time) × B (batch) × H (hidden = input size) × layers × directions × dtype, timed in
 one or more modes ("fwd" = forward under ``torch.no_grad``, "fwd+bwd" = forward + gradients of the input and every
-parameter). Every provider is checked once per case and then timed in each of the case's modes.
+parameter through a loss on both outputs). Every provider is checked once per case and then timed in each of the
+case's modes, in interleaved rounds (runner.py).
 
 Dtype keys (what "fp32" means is spelled out, because cuDNN runs fp32 RNNs as TF32 by default):
   fp32        fp32 storage, IEEE fp32 math on both sides (cuDNN's and cuBLAS's TF32 flags off)
   fp32-tf32   fp32 storage, TF32 allowed on both sides (cuDNN and matmul TF32 flags on)
   fp16, bf16  half storage, fp32 accumulation
   fp64        for completeness (CPU tests); never timed by a preset on the GPU
-On the CPU TF32 does not exist, so the CPU presets use "fp32" only.
+On the CPU TF32 does not exist, so the CPU presets use "fp32" and "bf16".
+
+Sequence length: a case either fixes T, or sets ``target_s``: T is then sized at run time so that nn.RNN's forward
+takes about that long (a probe call at T, scaled; the JSON records the T used). ``check_T`` (when set) is the
+sequence length of the correctness check: correctness does not depend on T, and the fp64 oracle and the reference
+loop at a T sized for 0.2 s would cost more than the timing.
 
 Presets (the GPU subset is a choice, documented here and in bench/README.md):
-  tiny   two toy cases, for tests: seconds on a 2-core CPU.
-  quick  the default (`make bench`): T=512 B=1 H=128, T=256 B=16 H=256, T=128 B=64 H=512 (fp32; on a GPU also
-         fp32-tf32 and bf16), both modes, plus one short case T=32 B=16 H=256 for torch.compile of the reference
-         (forward only: compiling its backward too took 78 s on the 2-core CPU). Budget: 3 minutes there.
+  tiny   toy cases, for tests: seconds on a 2-core CPU.
+  quick  the default (`make bench`): a few shapes from every region of the CPU grid -- where the fused cpu backend
+         wins and where it loses (auto runs native there) -- fp32 and bf16, both modes, T sized for ~50 ms of
+         nn.RNN forward, plus a 2-layer bidirectional case, an off-grid shape and the short torch.compile case
+         (on a GPU: the old three shapes in fp32 / fp32-tf32 / bf16). Budget: 3 minutes on a 2-core CPU.
+  grid   the CPU map `auto`'s policy is generated from (``python -m bench.policy``): B ∈ {1, 4, 16, 64, 256} ×
+         H ∈ {64, 256, 1024} × {fp32, bf16} × {fwd, fwd+bwd}, T sized so that nn.RNN's forward takes ~0.2 s,
+         providers nn.RNN, auto, cpu (forced) and native. ≤ 10 minutes on 2 quiet cores.
   gpu    fits the 60 s stage of `make gpu-check` on an H100: T=1024, a representative subset of the full grid:
          bf16 forward over every B for H=256 and H=1024 (the speedup-vs-batch plot), fp32 IEEE and TF32 at
          B ∈ {1, 16, 64} for H ∈ {256, 1024}, fp16 at two shapes, H=512 and H=2048 at a few B, fwd+bwd at B=16
@@ -44,7 +54,12 @@ DTYPES: dict[str, tuple[torch.dtype, bool]] = {
     "fp64": (torch.float64, False),
 }
 
-PRESETS: tuple[str, ...] = ("tiny", "quick", "gpu", "full")
+PRESETS: tuple[str, ...] = ("tiny", "quick", "grid", "gpu", "full")
+
+# The CPU grid of the policy (fused_rnn/policy.py): every B × H × dtype × mode.
+GRID_B: tuple[int, ...] = (1, 4, 16, 64, 256)
+GRID_H: tuple[int, ...] = (64, 256, 1024)
+GRID_DTYPES: tuple[str, ...] = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -60,9 +75,11 @@ class Case:
     modes: tuple[str, ...] = MODES
     compile: bool = False  # also time torch.compile of the reference (short T only: its compile time grows with T)
     tags: tuple[str, ...] = field(default_factory=tuple)
+    target_s: float | None = None  # size T at run time so nn.RNN's forward takes about this long (T = the probe)
+    check_T: int | None = None  # sequence length of the correctness check (None: T)
 
     def __post_init__(self) -> None:
-        if min(self.T, self.B, self.H, self.layers) < 1:
+        if min(self.T, self.B, self.H, self.layers, self.check_T or 1) < 1:
             raise ValueError(f"bench: case sizes must be >= 1, got T={self.T} B={self.B} H={self.H} "
                              f"layers={self.layers}")
         if self.dtype not in DTYPES:
@@ -70,6 +87,13 @@ class Case:
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
             raise ValueError(f"bench: modes must be a non-empty subset of {MODES}, got {self.modes}")
+        if self.target_s is not None and not self.target_s > 0:
+            raise ValueError(f"bench: target_s must be positive, got {self.target_s}")
+
+    @property
+    def key(self) -> tuple:
+        """What identifies the case across a calibration of T: everything but T."""
+        return (self.B, self.H, self.layers, self.bidirectional, self.dtype, self.tags)
 
     @property
     def directions(self) -> int:
@@ -114,13 +138,36 @@ def _tiny(device: str) -> list[Case]:
 
 
 def _quick(device: str) -> list[Case]:
-    dtypes = ("fp32",) if device == "cpu" else ("fp32", "fp32-tf32", "bf16")
-    shapes = [(512, 1, 128), (256, 16, 256), (128, 64, 512)]
-    cases = [Case(T=T, B=B, H=H, dtype=dt) for dt in dtypes for (T, B, H) in shapes]
+    if device != "cpu":
+        dtypes = ("fp32", "fp32-tf32", "bf16")
+        shapes = [(512, 1, 128), (256, 16, 256), (128, 64, 512)]
+        cases = [Case(T=T, B=B, H=H, dtype=dt) for dt in dtypes for (T, B, H) in shapes]
+        cases.append(Case(T=32, B=16, H=256, dtype="fp32", modes=("fwd",), compile=True, tags=("compile",)))
+        return cases
+    # A few shapes from every region of the CPU grid (see `grid`), the losing ones included: where the fused cpu
+    # backend wins by far (B=1, small H), near the edge, and where it loses (large B·H: auto runs native there);
+    # fp32 and bf16, both modes. T sized for ~50 ms of nn.RNN forward (the grid uses 0.2 s).
+    # Ordered so that a budget cut (a busy machine) still leaves every kind of case.
+    t = 0.05
+    grid = {(dt, B, H): Case(T=64, B=B, H=H, dtype=dt, target_s=t, check_T=16) for (dt, B, H) in
+            [("fp32", 1, 64), ("fp32", 1, 1024), ("fp32", 16, 256), ("fp32", 64, 1024), ("fp32", 256, 256),
+             ("bf16", 1, 256), ("bf16", 16, 1024)]}
+    cases = [grid[("fp32", 1, 64)], grid[("fp32", 64, 1024)],
+             Case(T=64, B=3, H=100, dtype="fp32", target_s=t, check_T=16, tags=("off-grid",)),
+             grid[("bf16", 1, 256)],
+             Case(T=64, B=4, H=128, layers=2, bidirectional=True, dtype="fp32", target_s=t, check_T=8),
+             grid[("fp32", 16, 256)], grid[("bf16", 16, 1024)], grid[("fp32", 1, 1024)], grid[("fp32", 256, 256)]]
     # Forward only: compiling the unrolled T=32 forward took 4.4 s, forward+backward 78 s (2-core AMD EPYC under
     # load, torch 2.14.1, 2026-11-27) -- most of the 3-minute budget. `full` compiles both.
-    cases.append(Case(T=32, B=16, H=256, dtype=dtypes[0], modes=("fwd",), compile=True, tags=("compile",)))
+    cases.append(Case(T=32, B=16, H=256, dtype="fp32", modes=("fwd",), compile=True, tags=("compile",)))
     return cases
+
+
+def _grid(device: str) -> list[Case]:
+    # T sized at run time for ~0.2 s of nn.RNN forward; the check runs at T=16 (the oracle and the reference loop
+    # at the timed T would cost more than the timing).
+    return [Case(T=64, B=B, H=H, dtype=dt, target_s=0.2, check_T=16)
+            for dt in GRID_DTYPES for H in GRID_H for B in GRID_B]
 
 
 def _gpu(device: str) -> list[Case]:
@@ -175,7 +222,7 @@ def _full(device: str) -> list[Case]:
 
 def preset_cases(preset: str, device: str) -> list[Case]:
     """The cases of a preset for device 'cpu' or 'cuda', in the order they run (most important first)."""
-    table = {"tiny": _tiny, "quick": _quick, "gpu": _gpu, "full": _full}
+    table = {"tiny": _tiny, "quick": _quick, "grid": _grid, "gpu": _gpu, "full": _full}
     if preset not in table:
         raise ValueError(f"bench: unknown preset {preset!r}; choose one of {PRESETS}")
     return table[preset](device)
@@ -187,41 +234,37 @@ class PresetConfig:
 
     budget_s: seconds since main() started after which no new case starts (None = no budget); the cases not
         started are listed as dropped in the report.
-    cpu_min_run_s: torch.utils.benchmark blocked_autorange min_run_time per measurement.
-    cpu_min_samples: at least this many timed blocks per measurement (slow calls get one block per call), so
-        the p20/p80 spread means something; extra samples stop after ~3 s.
-    gpu_warmup_ms / gpu_rep_ms: triton.testing.do_bench warm-up and repetition time per measurement.
-    gpu_max_rep_ms: the repetition time is raised to 5 calls of a slow provider, up to this.
+    rounds: interleaved rounds per case and mode: each round times every provider once, in a rotated order, so a
+        slow spell of a shared machine hits all of them; ratios to nn.RNN are taken per round (runner.py).
+    min_sample_s: one sample repeats a fast call until it lasts at least this long (a slow call is one sample).
     reference_max_steps: time the reference loop only when T·layers·directions ≤ this (it launches ~8 ops per step).
     stall_s: a step (one check, one timing) running longer than this is taken for a hang: the report so far is
         written with where it stopped, and the process exits with status 3 (a deadlocked kernel must not eat a
         whole GPU stage).
+    providers: the preset's default provider names (None = every available one); --backends overrides.
+    untimed: providers checked but not timed in this preset (the grid checks native bit for bit against nn.RNN
+        and leaves its timing -- nn.RNN's own kernel -- to the quick and gpu presets, to fit in 10 minutes).
     """
 
     budget_s: float | None
-    cpu_min_run_s: float
-    cpu_min_samples: int
-    gpu_warmup_ms: int
-    gpu_rep_ms: int
-    gpu_max_rep_ms: int
+    rounds: int
+    min_sample_s: float
     reference_max_steps: int
     stall_s: float
+    providers: tuple[str, ...] | None = None
+    untimed: tuple[str, ...] = ()
 
 
 PRESET_CONFIG: dict[str, PresetConfig] = {
-    "tiny": PresetConfig(budget_s=None, cpu_min_run_s=0.01, cpu_min_samples=3,
-                         gpu_warmup_ms=2, gpu_rep_ms=5, gpu_max_rep_ms=20, reference_max_steps=64,
-                         stall_s=120.0),
-    "quick": PresetConfig(budget_s=170.0, cpu_min_run_s=0.3, cpu_min_samples=5,
-                          gpu_warmup_ms=10, gpu_rep_ms=50, gpu_max_rep_ms=300, reference_max_steps=512,
-                          stall_s=300.0),
+    "tiny": PresetConfig(budget_s=None, rounds=3, min_sample_s=0.002, reference_max_steps=64, stall_s=120.0),
+    # quick: the reference loop only at the T=32 compile case (it is the oracle, not a contender)
+    "quick": PresetConfig(budget_s=170.0, rounds=10, min_sample_s=0.02, reference_max_steps=32, stall_s=300.0),
+    # grid: ~0.2 s per nn.RNN forward, 10 rounds; the policy is generated from its forced-cpu column.
+    "grid": PresetConfig(budget_s=None, rounds=10, min_sample_s=0.02, reference_max_steps=0, stall_s=600.0,
+                         providers=("auto", "cpu", "native"), untimed=("native",)),
     # gpu: the budget counts from main() (after `import torch`); on an H200 (2026-11-27, torch 2.11) start-up and
     # the peak-rate probes took ~11 s and a case with only nn.RNN ~1 s, so 45 s leaves room for the last case
     # (several providers, Triton JIT) and the plot inside the 60 s stage.
-    "gpu": PresetConfig(budget_s=45.0, cpu_min_run_s=0.3, cpu_min_samples=5,
-                        gpu_warmup_ms=3, gpu_rep_ms=15, gpu_max_rep_ms=100, reference_max_steps=64,
-                        stall_s=40.0),
-    "full": PresetConfig(budget_s=None, cpu_min_run_s=1.0, cpu_min_samples=7,
-                         gpu_warmup_ms=25, gpu_rep_ms=100, gpu_max_rep_ms=1000, reference_max_steps=1024,
-                         stall_s=900.0),
+    "gpu": PresetConfig(budget_s=45.0, rounds=10, min_sample_s=0.005, reference_max_steps=64, stall_s=40.0),
+    "full": PresetConfig(budget_s=None, rounds=15, min_sample_s=0.05, reference_max_steps=1024, stall_s=900.0),
 }

@@ -89,8 +89,8 @@ class Watchdog:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description="Benchmark fused_rnn against torch.nn.RNN.")
     p.add_argument("--preset", choices=PRESETS, default="quick",
-                   help="tiny (tests, seconds), quick (default, ≤ 3 min on a 2-core CPU), gpu (≤ 60 s on an "
-                        "H100), full (the whole grid)")
+                   help="tiny (tests, seconds), quick (default, ≤ 3 min on a 2-core CPU), grid (the CPU map the "
+                        "auto policy is generated from, ≤ 10 min on 2 cores), gpu (≤ 60 s on an H100), full")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--backends", nargs="+", default=None, metavar="NAME",
                    help="only these providers (nn.RNN is always kept): "
@@ -101,6 +101,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--with-flashrnn", action="store_true", help="also time FlashRNN (needs `import flashrnn`)")
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting new cases after this many seconds (default: the preset's budget)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads(N) before timing (default: leave torch's thread count alone)")
+    p.add_argument("--omp-wait-policy", choices=("PASSIVE", "ACTIVE"), default=None,
+                   help="set OMP_WAIT_POLICY (only `python -m bench` can: it must be set before torch loads "
+                        "OpenMP; default: leave the environment alone)")
     p.add_argument("--stall-s", type=float, default=None,
                    help="treat a single check or timing that runs longer than this as a hang: write the report "
                         "so far and exit with status 3 (default: the preset's)")
@@ -120,6 +125,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--budget-s must be positive")
     if args.stall_s is not None and args.stall_s <= 0:
         p.error("--stall-s must be positive")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
     return args
 
 
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()  # the preset's budget counts from here: start-up is part of a stage's time
     args = parse_args(argv)
     from . import report
-    from .floor import measure_peaks
+    from .floor import measure_cpu_peaks, measure_peaks
     from .providers import discover
     from .runner import Runner, derive
     from .timing import time_gpu
@@ -136,7 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PRESET_CONFIG[args.preset]
     budget = args.budget_s if args.budget_s is not None else cfg.budget_s
     cases = preset_cases(args.preset, device.type)
-    providers, notes = discover(device, args.backends, args.with_flashrnn)
+    omp_note = _omp_wait_policy_note(args.omp_wait_policy)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    wanted = args.backends if args.backends is not None else (list(cfg.providers) if cfg.providers else None)
+    providers, notes = discover(device, wanted, args.with_flashrnn)
+    if omp_note:
+        notes.append(omp_note)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -169,11 +182,15 @@ def main(argv: list[str] | None = None) -> int:
 
     watchdog = Watchdog(args.stall_s if args.stall_s is not None else cfg.stall_s, on_stall)
     watchdog.beat("measuring peak rates" if device.type == "cuda" else "start-up")
-    peaks = None
+    keys = sorted({c.dtype for c in cases if c.dtype != "fp64"})
     if device.type == "cuda":
-        keys = sorted({c.dtype for c in cases if c.dtype != "fp64"})
         peaks = measure_peaks(keys, lambda fn: time_gpu(fn, 5, 30).median_ms)
+    else:
+        watchdog.beat("measuring the CPU's peak rates")
+        peaks = measure_cpu_peaks(keys)
     env = report.environment(device, args.preset, notes)
+    env["threads_flag"] = args.threads
+    env["omp_wait_policy_flag"] = args.omp_wait_policy
     env["dtypes"] = sorted({c.dtype for c in cases})
     env["preset_config"] = dataclasses.asdict(cfg)
     env["budget_s"] = budget
@@ -206,7 +223,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {why_no_plot}", file=sys.stderr)
     watchdog.stop()
     print(md)
+    print(f"bench: {report.summary_line(report.summary(runner.rows))}", file=sys.stderr)
     fails = report.failures(runner.rows)
     print(f"bench: {time.perf_counter() - t0:.0f} s; wrote {json_path}, {md_path}, {args.out / report.PNG_NAME}"
           + (f"; {len(fails)} FAILED/ERROR rows" if fails else "; all correctness checks passed"), file=sys.stderr)
     return 1 if fails else 0
+
+
+def _omp_wait_policy_note(flag: str | None) -> str:
+    """What --omp-wait-policy did. `python -m bench` sets the variable before torch loads (bench/__main__.py);
+    here it can only check, and say so when it came too late (main() called in a process that loaded torch)."""
+    if flag is None:
+        return ""
+    if os.environ.get("OMP_WAIT_POLICY") == flag and os.environ.get("_FUSED_RNN_BENCH_OMP_SET") == flag:
+        return f"OMP_WAIT_POLICY={flag} set by --omp-wait-policy before torch loaded OpenMP"
+    os.environ["OMP_WAIT_POLICY"] = flag
+    return (f"--omp-wait-policy {flag}: torch was already loaded in this process, so OpenMP keeps its setting "
+            "from start-up; run `python -m bench --omp-wait-policy ...` for it to take effect")

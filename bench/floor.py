@@ -1,4 +1,4 @@
-"""FLOP counts and the per-step floor (GPU only).
+"""FLOP counts and the per-step floor (GPU and CPU).
 
 Units: a *layer-step* is one time step of one direction of one layer; a case has T · layers · directions of them.
 
@@ -11,9 +11,17 @@ Per-step floor (what "× floor" compares the measured µs per layer-step to):
     floor = max( flops_step / rate ,  bytes_step / bandwidth )
     flops_step = 2·B·H²            (forward; 4·B·H² for fwd+bwd: the recurrence plus the BPTT product dA·W_hh)
     bytes_step = e·(H² + 2·B·H)    (w_hh read, h_{t-1} read, h_t written; e = bytes per element; ×2 for fwd+bwd)
-    rate       = measured matmul rate on this card for the case's math: fp32 IEEE (SIMT), TF32, fp16 or bf16
-                 tensor cores (a large square GEMM, median of do_bench)
-    bandwidth  = measured device-to-device copy bandwidth (read + write bytes / time)
+    rate       = GPU: measured matmul rate on this card for the case's math: fp32 IEEE (SIMT), TF32, fp16 or bf16
+                 tensor cores (a large square GEMM, median of do_bench);
+                 CPU: the machine's measured peak matmul rate in the case dtype with torch's intra-op threads
+                 (the best of several 1024² × 1024 GEMMs: what oneDNN/MKL reach on this CPU)
+    bandwidth  = GPU: measured device-to-device copy bandwidth (read + write bytes / time);
+                 CPU: measured cache read bandwidth -- one thread's BLAS dot product of two 128 KiB vectors (256
+                 KiB read: it stays in L2 on every x86 CPU of the last decade) times torch's intra-op threads (each
+                 core streams its share of W_hh from its own L2; a multi-threaded op on so small a buffer measures
+                 OpenMP's wake-up, not the cache) -- optimistic where W_hh outgrows L2 (fp32 H=1024 is 4 MiB).
+                 On a busy machine the probe reads low and a ratio below 1 can appear: the floor is then not a
+                 lower bound (the JSON records the peaks; compare with the datasheet)
 The bytes term is the floor of a kernel that streams w_hh from memory every step; a kernel that keeps w_hh on-chip
 for the whole sequence is not bound by it, so a ratio below 1 is possible and means exactly that. The floor ignores
 the step-to-step latency (a barrier, a launch) that dominates at small B: the ratio at B=1 shows what that costs.
@@ -22,6 +30,7 @@ The measured time is the whole module call (input GEMMs included), divided by th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +80,47 @@ class Peaks:
 
     tflops: dict[str, float]
     bw_tbps: float
+
+
+def measure_cpu_peaks(dtype_keys: list[str], budget_s: float = 0.6) -> Peaks:
+    """The CPU's peak matmul rate per dtype key (TFLOP/s) and its cache read bandwidth (TB/s), with torch's threads.
+
+    About 0.6 s: per dtype a 1024-square GEMM repeated (best of 3 timed blocks), and one thread's dot product of
+    two 128 KiB fp32 vectors repeated (best of 3 blocks), times the thread count.
+    """
+    import time
+
+    from .cases import DTYPES
+
+    def best_rate(fn, work: float) -> float:
+        fn()
+        best = math.inf
+        for _ in range(3):
+            n, t0 = 0, time.perf_counter()
+            while True:
+                fn()
+                n += 1
+                dt = time.perf_counter() - t0
+                if dt > budget_s / (3 * (len(dtype_keys) + 1)):
+                    break
+            best = min(best, dt / n)
+        return work / best
+
+    rates = {}
+    n = 1024
+    for key in dtype_keys:
+        dtype = DTYPES[key][0]
+        a = torch.randn(n, n, dtype=torch.float32).to(dtype)
+        b = torch.randn(n, n, dtype=torch.float32).to(dtype)
+        rates[key] = best_rate(lambda a=a, b=b: torch.mm(a, b), 2.0 * n ** 3) / 1e12
+    u, v = torch.randn(32 * 1024), torch.randn(32 * 1024)  # 2 × 128 KiB fp32
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bw = best_rate(lambda: torch.dot(u, v), 2 * 32 * 1024 * 4.0) * threads / 1e12
+    finally:
+        torch.set_num_threads(threads)
+    return Peaks(rates, bw)
 
 
 def measure_peaks(dtype_keys: list[str], timer) -> Peaks:

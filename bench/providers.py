@@ -2,6 +2,11 @@
 
   nn.RNN               torch.nn.RNN (cuDNN on a GPU, ATen's native kernel on the CPU) -- the baseline of every
                        speedup; always present.
+  auto                 fused_rnn.RNN(backend="auto"): what users get -- the measured policy picks native or a fused
+                       backend/tier per call (fused_rnn/policy.py); the path it took is recorded per mode, and where
+                       it is native the row is asserted (bit-for-bit nn.RNN), not timed.
+  native               fused_rnn.RNN(backend="native"): PyTorch's own kernel through fused_rnn (must equal nn.RNN bit
+                       for bit, and time like it).
   reference            fused_rnn.RNN(backend="reference"): the readable Python loop, timed only where T·layers·
                        directions is small (PresetConfig.reference_max_steps), since it launches ~8 ops per step.
   cpu | cuda | triton  every other backend in fused_rnn.available_backends(), through the public module. Backends
@@ -36,7 +41,7 @@ TIER_ENV: dict[str, str] = {"cuda": "FUSED_RNN_CUDA_TIER", "triton": "FUSED_RNN_
 STREAMS_ENV = "FUSED_RNN_CONCURRENT_DIRECTIONS"  # fused_rnn.concurrency.ENV (not imported: bench loads torch lazily)
 FUSED_BACKENDS: tuple[str, ...] = ("cpu", "cuda", "triton")
 # Names --backends accepts besides "<backend>" and "<backend>:<tier>".
-EXTRA_NAMES: tuple[str, ...] = ("nn.RNN", "reference", "compile", "flashrnn")
+EXTRA_NAMES: tuple[str, ...] = ("nn.RNN", "auto", "native", "reference", "compile", "flashrnn")
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,8 @@ class Provider:
     """One timed implementation.
 
     name: display name, e.g. "nn.RNN", "cuda:persistent", "compile(reference)".
-    kind: "baseline" | "reference" | "fused" | "compile" | "external".
-    backend: fused_rnn backend name (None for nn.RNN / flashrnn).
+    kind: "baseline" | "auto" | "native" | "reference" | "fused" | "compile" | "external".
+    backend: fused_rnn backend name ("auto", "native", a fused backend; None for nn.RNN / flashrnn).
     tier: forced tier ("" = the backend's own choice; it has no tiers).
     streams: run a bidirectional layer's directions on two CUDA streams (bidirectional cases only).
     """
@@ -180,8 +185,8 @@ def _backend_tiers(name: str, mod) -> tuple[list[str], list[str]]:
 def discover(device: torch.device, wanted: list[str] | None, with_flashrnn: bool) -> tuple[list[Provider], list[str]]:
     """Every provider usable on ``device`` (filtered by ``wanted`` names), and notes on what was skipped and why.
 
-    ``wanted`` holds names like "cuda", "cuda:fallback", "reference", "compile", "flashrnn"; nn.RNN is always kept
-    (every speedup is relative to it). None = all.
+    ``wanted`` holds names like "native", "cuda", "cuda:fallback", "reference", "compile", "flashrnn"; nn.RNN (every
+    speedup is relative to it) and auto (what users get: an auto row in every table) are always kept. None = all.
     """
     import fused_rnn
     from fused_rnn.backends.select import backend_module
@@ -193,7 +198,10 @@ def discover(device: torch.device, wanted: list[str] | None, with_flashrnn: bool
             return True
         return name in wanted or (backend is not None and backend in wanted)
 
-    providers = [Provider("nn.RNN", "baseline")]
+    # nn.RNN and auto are always there: every speedup is relative to nn.RNN, and auto is what users get.
+    providers = [Provider("nn.RNN", "baseline"), Provider("auto", "auto", backend="auto")]
+    if keep("native"):
+        providers.append(Provider("native", "native", backend="native"))
     if keep("reference"):
         providers.append(Provider("reference", "reference", backend="reference"))
     available = set(fused_rnn.available_backends())

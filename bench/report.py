@@ -76,6 +76,11 @@ def environment(device: torch.device, preset: str, provider_notes: list[str]) ->
                          "cuda.matmul.allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32)},
         "env_vars": {k: v for k, v in os.environ.items()
                      if k.startswith(("FUSED_RNN_", "OMP_", "MKL_", "CUDA_VISIBLE", "TRITON_"))},
+        # The two settings that change CPU timings most: recorded as found (the bench changes neither unless
+        # --omp-wait-policy / --threads say so; cli.py adds which it set).
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP's default)"),
+        "cpu_isa": _cpu_isa(),
+        "cpu_policy_tables": _policy_tables(),
     }
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
@@ -85,11 +90,69 @@ def environment(device: torch.device, preset: str, provider_notes: list[str]) ->
     return env
 
 
+def _cpu_isa() -> str:
+    from fused_rnn.policy import cpu_isa
+
+    return cpu_isa()
+
+
+def _policy_tables() -> list[dict]:
+    """Which CPU policy tables `auto` consulted in this run (machine kind, date, run file, preliminary)."""
+    from fused_rnn import policy_data
+
+    keys = ("isa", "threads", "machine", "date", "run_file", "preliminary", "note")
+    return [{k: t.get(k) for k in keys} for t in policy_data.CPU_TABLES]
+
+
+def summary(rows: list[Row]) -> dict:
+    """auto vs nn.RNN over every (case, mode): worst and geometric-mean ratio, and the timing rule's verdict.
+
+    A row where auto ran native (path asserted, bit-for-bit nn.RNN) counts as ×1.00: it is nn.RNN's kernel. A timed
+    row passes when its per-round ratio has median ≥ 1.0 and 20th percentile ≥ 0.95.
+    """
+    auto = [r for r in rows if r.provider == "auto" and r.status == "ok"]
+    vals, failing = [], []
+    n_native = n_timed = 0
+    for r in auto:
+        if r.verdict == "native":
+            vals.append(1.0)
+            n_native += 1
+        elif r.ratio_median is not None:
+            vals.append(r.ratio_median)
+            n_timed += 1
+            if r.verdict != "≥ nn.RNN":
+                failing.append(f"{r.case.label()} {r.case.dtype} {r.mode}: median ×{r.ratio_median:.2f}, "
+                               f"p20 ×{r.ratio_p20:.2f}")
+    bad = [r for r in rows if r.provider == "auto" and r.status != "ok" and r.status != "skipped"]
+    out = {"rows": len(vals), "native_asserted": n_native, "timed": n_timed,
+           "worst": min(vals) if vals else None,
+           "geomean": math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None,
+           "rule": "timed rows: median ratio >= 1.0 and p20 ratio >= 0.95; native rows: path asserted, ×1.00",
+           "failing": failing + [f"{r.case.label()} {r.case.dtype} {r.mode}: {r.status}" for r in bad]}
+    out["verdict"] = ("n/a" if not vals and not bad else "PASS" if not out["failing"] else "FAIL")
+    return out
+
+
+def summary_line(s: dict) -> str:
+    """'auto vs nn.RNN: worst ×…, geometric mean ×… (…)' -- the whole map in one line."""
+    if s["worst"] is None:
+        return "auto vs nn.RNN: no auto rows"
+    line = (f"auto vs nn.RNN: worst ×{s['worst']:.2f}, geometric mean ×{s['geomean']:.2f} over {s['rows']} rows "
+            f"({s['native_asserted']} native: path asserted, counted ×1.00; {s['timed']} timed) -- "
+            f"{s['verdict']} ({s['rule']})")
+    if s["failing"]:
+        line += "; slower: " + "; ".join(s["failing"])
+    return line
+
+
 def _row_json(r: Row) -> dict:
     d = {"case": r.case.to_json(), "dtype": r.case.dtype, "mode": r.mode, "provider": r.provider,
          "status": r.status, "heuristic_tier": r.heuristic, "note": r.note, "tf32_flags": r.tf32,
          "compile_s": r.compile_s, "speedup_vs_nn_rnn": r.speedup, "tokens_per_s": r.tokens_per_s,
-         "us_per_layer_step": r.us_per_layer_step, "tflops": r.tflops, "floor_ratio": r.floor_ratio}
+         "us_per_layer_step": r.us_per_layer_step, "tflops": r.tflops, "floor_ratio": r.floor_ratio,
+         "ratio_rounds": {"median": r.ratio_median, "p20": r.ratio_p20, "all": r.ratios} if r.ratios else None,
+         "verdict": r.verdict, "path": r.path or None, "path_rule": r.path_rule or None,
+         "path_reason": r.path_reason or None}
     if r.timing is not None:
         d["time_ms"] = {"median": r.timing.median_ms, "p20": r.timing.p20_ms, "p80": r.timing.p80_ms,
                         "n": r.timing.n, "method": r.timing.method}
@@ -120,6 +183,7 @@ def write_json(path: Path, env: dict, rows: list[Row], peaks: Peaks | None, drop
         "dropped_cases": dropped,
         "all_checks_passed": not failures(rows),
         "n_checks": len(checked),
+        "summary": summary(rows),
         "rows": [_row_json(r) for r in rows],
     }
     tmp = path.with_suffix(".tmp")
@@ -141,27 +205,33 @@ def _si(x: float | None) -> str:
 
 
 def markdown(env: dict, rows: list[Row], peaks: Peaks | None, dropped: list[str]) -> str:
-    """The report: environment header, one table, notes. ★ marks the tier the backend's heuristic picks."""
+    """The report: environment header, one table, the auto summary, notes. ★ marks the tier the backend's
+    heuristic picks."""
     gpu = env["device"] == "cuda"
     lines = [
         f"# fused_rnn bench — {env['device_name']} — {env['date_utc'][:10]}",
         "",
         f"preset `{env['preset']}` · torch {env['torch']} · CUDA {env['cuda']} · cuDNN {env['cudnn']} · "
         f"triton {env['triton']} · Python {env['python']} · threads {env['cpu_threads']} · "
+        f"OMP_WAIT_POLICY {env.get('omp_wait_policy', '?')} · ISA class {env.get('cpu_isa', '?')} · "
         f"commit {(env['git_commit'] or '?')[:12]}{' (dirty)' if env['git_dirty'] else ''} · "
         f"backends {', '.join(env['available_backends'])}",
         "",
     ]
     if peaks is not None:
-        rates = ", ".join(f"{k} {v:.0f}" for k, v in peaks.tflops.items())
-        lines += [f"measured peaks: matmul TFLOP/s {rates}; copy bandwidth {peaks.bw_tbps:.2f} TB/s", ""]
-    head = ["case", "dtype", "mode", "provider", "status", "median ms (p20–p80)", "× nn.RNN", "tokens/s",
-            "µs/layer-step"]
-    if gpu:
+        rates = ", ".join(f"{k} {v:.3g}" for k, v in peaks.tflops.items())
+        what = "matmul TFLOP/s" if gpu else "CPU matmul TFLOP/s"
+        bw = "copy bandwidth" if gpu else "cache read bandwidth"
+        lines += [f"measured peaks: {what} {rates}; {bw} {peaks.bw_tbps:.3g} TB/s", ""]
+    head = ["case", "dtype", "mode", "provider", "status", "median ms (p20–p80)", "× nn.RNN", "× p20", "verdict",
+            "tokens/s", "µs/layer-step"]
+    if peaks is not None:
         head += ["TFLOP/s", "× floor"]
     head += ["err/tol"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     shown = [r for r in rows if r.status != "skipped"]
+    # auto's reasons (fused_rnn.explain's one-line summary), numbered: each auto row points at its own
+    reasons = list(dict.fromkeys((r.path, r.path_reason) for r in shown if r.provider == "auto" and r.path_reason))
     skipped: dict[tuple[str, str], int] = {}
     for r in rows:
         if r.status == "skipped":
@@ -172,25 +242,42 @@ def markdown(env: dict, rows: list[Row], peaks: Peaks | None, dropped: list[str]
         if r.compile_s is not None:
             tcell += f" +compile {r.compile_s:.1f} s"
         name = r.provider + (" ★" if r.heuristic else "")
-        status = r.status if not r.note or r.status == "ok" else f"{r.status}: {r.note}"
-        cells = [r.case.label(), r.case.dtype, r.mode, name, status.replace("|", "/"), tcell,
-                 _fmt(r.speedup, ".2f", "×"), _si(r.tokens_per_s), _fmt(r.us_per_layer_step, ".2f")]
-        if gpu:
-            cells += [_fmt(r.tflops, ".2f"), _fmt(r.floor_ratio, ".1f", "×")]
+        if r.path:
+            name += f" → {r.path}"
+        if r.provider == "auto" and r.path_reason:
+            name += f" [{reasons.index((r.path, r.path_reason)) + 1}]"
+        status = r.status
+        if r.note and (r.status != "ok" or (r.timing is None and r.verdict != "native")):
+            status = f"{r.status}: {r.note}"
+        elif r.path_rule:
+            status = f"ok ({r.path_rule})"
+        speed = "=1 (native)" if r.verdict == "native" else _fmt(r.ratio_median or r.speedup, ".2f", "×")
+        cells = [r.case.label(), r.case.dtype, r.mode, name, status.replace("|", "/"), tcell, speed,
+                 _fmt(r.ratio_p20, ".2f", "×"), r.verdict or "—", _si(r.tokens_per_s),
+                 _fmt(r.us_per_layer_step, ".2f")]
+        if peaks is not None:
+            cells += [_fmt(r.tflops, ".3g"), _fmt(r.floor_ratio, ".1f", "×")]
         wr = r.check.worst_ratio if r.check is not None else None
         cells += [_fmt(wr, ".2g")]
         lines.append("| " + " | ".join(cells) + " |")
     fails = failures(rows)
     lines += ["", f"**correctness: {'all checks passed' if not fails else f'{len(fails)} FAILED/ERROR rows'}**"]
+    lines += ["", f"**{summary_line(summary(rows))}**"]
+    if reasons:
+        lines += ["", "Why auto took each path ([n] beside each auto row; fused_rnn.explain's words):", ""]
+        lines += [f"{i}. {why}" for i, (_, why) in enumerate(reasons, 1)]
     notes = list(env.get("provider_notes", []))
     notes += [f"{prov}: not run in {n} row(s): {why}" for (prov, why), n in skipped.items()]
     if dropped:
         notes.append(f"time budget reached: {len(dropped)} case(s) not run: {', '.join(dropped)}")
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
-    lines += ["", "How to read: bench/README.md. × nn.RNN = nn.RNN's median / this median (> 1 is faster); "
-              "µs/layer-step = median / (T · layers · directions); err/tol = worst relative error vs nn.RNN in "
-              "fp64 over the tolerance (≤ 1 passes); ★ = the tier the backend's heuristic picks."]
+    lines += ["", "How to read: bench/README.md. × nn.RNN = median over interleaved rounds of nn.RNN's time / this "
+              "provider's time in the same round (> 1 is faster), × p20 its 20th percentile; verdict ≥ nn.RNN when "
+              "median ≥ 1.0 and p20 ≥ 0.95; `auto → native` rows ran nn.RNN's kernel (path asserted, not timed); "
+              "µs/layer-step = median / (T · layers · directions); × floor = µs/layer-step over the per-step floor "
+              "(bench/floor.py); err/tol = worst relative error vs nn.RNN in fp64 over the tolerance (≤ 1 passes); "
+              "★ = the tier the backend's heuristic picks."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,20 +1,29 @@
-"""Runs the cases: per case, one correctness check of every provider, then timing of each provider in each mode.
+"""Runs the cases: per case, one correctness check of every provider, then interleaved timing in each mode.
 
-Correctness (once per case, before any timing): the oracle is torch.nn.RNN in fp64 with the same weights
-(state_dict); each provider runs the same input in the case dtype. Judged quantities, as relative max-abs errors
-(max |a − o| / max |o|): output, h_n, and -- when the case has a fwd+bwd mode -- the input gradient and the worst
-parameter gradient (loss = ⟨output, dy⟩). Tolerance, per quantity (DESIGN.md's rule):
-    fused / compile / external providers:  err ≤ 2 × err(reference backend in the same dtype and TF32 setting) + floor
-    the reference provider itself:         err ≤ REF_BOUND[dtype] (a sanity bound; tests/ prove the reference)
-    nn.RNN (the baseline):                 its error is recorded, not judged.
-A provider over tolerance is FAILED and not timed; an exception is ERROR (also a failure), except a
-NotImplementedError / ValueError from a forced tier, which means "this tier does not take this shape" and is
-reported as unsupported. Any FAILED or ERROR row makes `python -m bench` exit with status 1.
+Correctness (once per case, before any timing, at the case's ``check_T``): the oracle is torch.nn.RNN in fp64 with
+the same weights (state_dict); each provider runs the same input in the case dtype. The loss is
+⟨output, dy⟩ + ⟨h_n, dh⟩, so both outputs' gradient paths are exercised. Judged quantities, as relative max-abs
+errors (max |a − o| / max |o|): output, h_n, and -- when the case has a fwd+bwd mode -- the input gradient and the
+worst parameter gradient. Tolerance, per quantity (DESIGN.md's rule):
+    fused / auto / native / compile / external:  err ≤ 2 × err(reference backend in the same dtype and TF32) + floor
+    the reference provider itself:              err ≤ REF_BOUND[dtype] (a sanity bound; tests/ prove the reference)
+    nn.RNN (the baseline):                      its error is recorded, not judged.
+``native`` must moreover equal nn.RNN's own results in the case dtype bit for bit (same kernel, same device), and
+so must ``auto`` in every mode where it ran native. A provider over tolerance is FAILED and not timed; an exception
+is ERROR (also a failure), except a NotImplementedError / ValueError from a forced tier, which means "this tier does
+not take this shape" and is reported as unsupported. Any FAILED or ERROR row makes `python -m bench` exit 1.
+
+Timing (timing.time_interleaved): ``rounds`` rounds, each timing every provider once in a rotated order; the ratio
+nn.RNN / provider is taken per round, and a row reports its median and 20th percentile. Where `auto` runs native
+(asserted through ``select.record_paths`` and the bit-for-bit check, in that mode) it is not timed: it is nn.RNN's
+kernel. The verdict of a timed row: median ratio ≥ 1.0 and 20th-percentile ratio ≥ 0.95 ("≥ nn.RNN"), else
+"slower".
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import math
 import time
@@ -27,13 +36,17 @@ from torch import Tensor, nn
 from .cases import Case, PresetConfig
 from .floor import Peaks, floor_us_per_step, model_flops
 from .providers import Provider
-from .timing import Timing, time_cpu, time_gpu
+from .timing import Timing, quantile, time_interleaved, timing_of
 
 # Relative-error floor added to 2 × the reference's error (the reference can be luckier than a reordered sum).
 FLOOR: dict[str, float] = {"fp64": 1e-12, "fp32": 2e-6, "fp32-tf32": 2e-4, "fp16": 2e-3, "bf16": 1.6e-2}
 # Sanity bound on the reference's own relative error (it is the yardstick, so it is judged absolutely).
 REF_BOUND: dict[str, float] = {"fp64": 1e-10, "fp32": 1e-4, "fp32-tf32": 5e-2, "fp16": 5e-2, "bf16": 3e-1}
 N_ROTATE = 3  # distinct input tensors cycled by the timed call, so repeated calls do not hit warm caches
+# The timing rule (issue "never slower than torch.nn.RNN"): a timed row is at least as fast as nn.RNN when the
+# median of its per-round ratios is >= 1.0 and the 20th percentile >= 0.95.
+PASS_MEDIAN, PASS_P20 = 1.0, 0.95
+JUDGED_KINDS = ("fused", "auto", "native", "compile", "external")
 
 
 @contextlib.contextmanager
@@ -63,19 +76,23 @@ def _params(m: nn.Module) -> list[tuple[str, Tensor]]:
     return sorted(out, key=lambda t: t[0])
 
 
-def run_once(m: nn.Module, x: Tensor, dy: Tensor | None) -> dict[str, Tensor]:
-    """x [T, B, H], dy [T, B, D·H] | None -> {'out', 'h_n'} (+ 'dx' and 'd<param>' when dy is given)."""
-    if dy is None:
+def run_once(m: nn.Module, x: Tensor, grads: tuple[Tensor, Tensor] | None) -> dict[str, Tensor]:
+    """x [T, B, H], grads (dy [T, B, D·H], dh [L·D, B, H]) | None -> {'out', 'h_n'} (+ 'dx' and 'd<param>').
+
+    With ``grads`` the loss is ⟨out, dy⟩ + ⟨h_n, dh⟩: a provider whose h_n or h_n-gradient path is wrong shows in
+    h_n, dx and the parameter gradients.
+    """
+    if grads is None:
         with torch.no_grad():
             out, h_n = m(x)
         return {"out": out, "h_n": h_n}
     x = x.detach().requires_grad_(True)
     out, h_n = m(x)
     named = _params(m)
-    grads = torch.autograd.grad(out, [x] + [p for _, p in named], dy)
-    res = {"out": out.detach(), "h_n": h_n.detach(), "dx": grads[0]}
-    for (n, _), g in zip(named, grads[1:]):
-        res["d" + n] = g
+    g = torch.autograd.grad((out, h_n), [x] + [p for _, p in named], grads)
+    res = {"out": out.detach(), "h_n": h_n.detach(), "dx": g[0]}
+    for (n, _), gp in zip(named, g[1:]):
+        res["d" + n] = gp
     return res
 
 
@@ -96,6 +113,17 @@ def rel_errors(got: dict[str, Tensor], want: dict[str, Tensor]) -> dict[str, flo
     return errs
 
 
+def differs(got: dict[str, Tensor], want: dict[str, Tensor]) -> list[str]:
+    """The quantities of ``want`` that ``got`` does not reproduce bit for bit (NaN equal to NaN)."""
+    bad = []
+    for k, w in want.items():
+        g = got.get(k)
+        if g is None or g.shape != w.shape or g.dtype != w.dtype or not torch.equal(
+                torch.nan_to_num(g, nan=0.0), torch.nan_to_num(w, nan=0.0)):
+            bad.append(k)
+    return bad
+
+
 @dataclass
 class Check:
     """Outcome of a provider's correctness check on one case."""
@@ -105,6 +133,9 @@ class Check:
     tolerances: dict[str, float] = field(default_factory=dict)
     message: str = ""
     first_call_s: float = 0.0  # wall time of the first (checking) call: torch.compile's compile time lives here
+    paths: dict[str, object] = field(default_factory=dict)  # mode -> policy.Decision of auto's call in that mode
+    why: dict[str, str] = field(default_factory=dict)  # mode -> fused_rnn.explain(...).summary of auto's call
+    first_calls: dict[str, float] = field(default_factory=dict)  # mode -> wall time of its first call (compile)
 
     @property
     def worst_ratio(self) -> float | None:
@@ -127,8 +158,15 @@ class Row:
     heuristic: bool = False  # this forced tier is the one the backend's heuristic picks for the case
     note: str = ""
     tf32: dict[str, bool] = field(default_factory=dict)
+    path: str = ""  # auto: the path it took in this mode ("native", "cpu", "cuda:cluster", ...)
+    path_rule: str = ""  # auto: the policy rule behind it (fused_rnn/policy.py)
+    path_reason: str = ""
+    ratios: list[float] = field(default_factory=list)  # nn.RNN / this provider, one per round
     # derived (filled by derive())
     speedup: float | None = None
+    ratio_median: float | None = None
+    ratio_p20: float | None = None
+    verdict: str | None = None  # "≥ nn.RNN" | "slower" | "native" (auto ran nn.RNN's kernel: path asserted)
     tokens_per_s: float | None = None
     us_per_layer_step: float | None = None
     tflops: float | None = None
@@ -138,6 +176,10 @@ class Row:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _path_name(d) -> str:
+    return d.path + (f":{d.tier}" if getattr(d, "tier", "") else "")
 
 
 class Runner:
@@ -157,29 +199,57 @@ class Runner:
         n = sum(1 for p in self.providers if p.applicable(case, self.cfg.reference_max_steps)[0])
         return n * len(case.modes)
 
-    def _time(self, fn: Callable[[], object]) -> Timing:
-        if self.device.type == "cuda":
-            return time_gpu(fn, self.cfg.gpu_warmup_ms, self.cfg.gpu_rep_ms, self.cfg.gpu_max_rep_ms)
-        return time_cpu(fn, self.cfg.cpu_min_run_s, self.cfg.cpu_min_samples)
-
-    def _inputs(self, case: Case, seed: int) -> tuple[Tensor, Tensor]:
-        """(x [T, B, H], dy [T, B, D·H]) in fp64, drawn on the device from a fixed seed (a CPU draw of a
-        T=1024 B=256 H=1024 input would cost seconds per case)."""
+    def _inputs(self, case: Case, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(x [T, B, H], dy [T, B, D·H], dh [L·D, B, H]) in fp64, drawn on the device from a fixed seed (a CPU draw
+        of a T=1024 B=256 H=1024 input would cost seconds per case)."""
         g = torch.Generator(device=self.device).manual_seed(seed)
-        x = torch.randn(case.T, case.B, case.H, generator=g, dtype=torch.float64, device=self.device)
-        dy = torch.randn(case.T, case.B, case.directions * case.H, generator=g, dtype=torch.float64,
-                         device=self.device)
-        return x, dy
+        kw = dict(generator=g, dtype=torch.float64, device=self.device)
+        x = torch.randn(case.T, case.B, case.H, **kw)
+        dy = torch.randn(case.T, case.B, case.directions * case.H, **kw)
+        dh = torch.randn(case.layers * case.directions, case.B, case.H, **kw)
+        return x, dy, dh
+
+    def calibrate(self, case: Case) -> Case:
+        """The case with T sized so that nn.RNN's forward takes about ``case.target_s`` (unchanged without it)."""
+        if case.target_s is None:
+            return case
+        self.heartbeat(f"{case.label()} {case.dtype}: sizing T")
+        m = nn.RNN(case.H, case.H, num_layers=case.layers, bidirectional=case.bidirectional)
+        m = m.to(device=self.device, dtype=case.torch_dtype)
+        T = case.T
+        for _ in range(3):  # probe, then refine once or twice at the sized T (per-step cost is not flat at small T)
+            x = torch.randn(T, case.B, case.H, device=self.device).to(case.torch_dtype)
+            dt = math.inf
+            with torch.no_grad():
+                m(x)
+                for _ in range(3):  # the fastest of three: a busy spell of a shared machine must not shrink T
+                    _sync(self.device)
+                    t0 = time.perf_counter()
+                    m(x)
+                    _sync(self.device)
+                    dt = min(dt, time.perf_counter() - t0)
+                    if dt > 2 * case.target_s:
+                        break
+            new_T = int(min(max(T * case.target_s / max(dt, 1e-6), 8), 200_000))
+            new_T = int(float(f"{new_T:.2g}"))  # two significant digits: readable labels
+            if abs(new_T - T) <= 0.25 * T:
+                T = new_T
+                break
+            T = new_T
+        return dataclasses.replace(case, T=T)
 
     def run_case(self, case: Case) -> None:
-        """Check every applicable provider on ``case``, then time the ones that passed in each mode."""
+        """Check every applicable provider on ``case``, then time the ones that passed in each mode, interleaved."""
         dev = self.device
+        case = self.calibrate(case)
+        check_case = dataclasses.replace(case, T=case.check_T) if case.check_T else case
         torch.manual_seed(0)
         base = nn.RNN(case.H, case.H, num_layers=case.layers, nonlinearity="tanh",
                       bidirectional=case.bidirectional)
         sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
         want_grad = "fwd+bwd" in case.modes
-        x64, dy64 = self._inputs(case, seed=1)
+        x64, dy64, dh64 = self._inputs(check_case, seed=1)
+        grads64 = (dy64, dh64) if want_grad else None
         applicable, skipped = [], []
         for p in self.providers:
             ok, why = p.applicable(case, self.cfg.reference_max_steps)
@@ -193,67 +263,125 @@ class Runner:
             flags = tf32_flags()
             tag = f"{case.label()} {case.dtype}"
             self.heartbeat(f"{tag}: fp64 oracle and reference error")
-            oracle = self._oracle(case, sd, x64, dy64 if want_grad else None)
-            # the reference's own error sets the tolerance of every non-reference provider (skip it if none runs)
-            ref_err = (self._reference_errors(case, sd, x64, dy64 if want_grad else None, oracle)
-                       if any(p.kind in ("fused", "compile", "external") for p, _ in applicable) else {})
+            oracle = self._oracle(check_case, sd, x64, grads64)
+            # the reference's own error sets the tolerance of every judged provider (skip it if none runs)
+            ref_err = (self._reference_errors(check_case, sd, x64, grads64, oracle)
+                       if any(p.kind in JUDGED_KINDS for p, _ in applicable) else {})
             x = x64.to(case.torch_dtype)
-            dy = dy64.to(case.torch_dtype) if want_grad else None
+            grads = None if grads64 is None else (grads64[0].to(case.torch_dtype), grads64[1].to(case.torch_dtype))
+            base_got: dict[str, dict[str, Tensor]] = {}
+            checked: list[tuple[Provider, nn.Module | None, Check]] = []
             for p, _ in applicable:
                 with p.environment():
                     self.heartbeat(f"{tag}: checking {p.name}")
-                    model, check = self._check(p, case, sd, x, dy, oracle, ref_err)
-                    heur = p.heuristic_tier(case, dev)
-                    for mode in case.modes:
-                        self.heartbeat(f"{tag}: timing {p.name} {mode}")
-                        self.progress(f"{case.label()} {case.dtype} {mode} {p.name}")
-                        row = Row(case, mode, p.name, check.status if check.status != "baseline" else "ok",
-                                  check=check, heuristic=heur is not None and heur == p.tier, tf32=flags)
-                        if check.status in ("ok", "baseline") and model is not None:
-                            try:
-                                if p.kind == "compile":
-                                    # the check's call compiled the graph for its grad mode; the other mode is
-                                    # a new graph (grad mode is a guard), so its first call is timed here
-                                    same = (mode == "fwd+bwd") == want_grad
-                                    row.compile_s = (check.first_call_s if same
-                                                     else self._first_call_s(model, x, None))
-                                row.timing = self._time(self._timed_fn(model, case, mode, x))
-                            except Exception as e:  # a failure while timing is a failure, said plainly
-                                row.status = "ERROR" if p.kind != "baseline" else "unsupported"
-                                row.note = f"while timing: {type(e).__name__}: {e}"[:300]
-                        else:
-                            row.note = check.message
-                        self.rows.append(row)
-                    del model
+                    model, check = self._check(p, check_case, sd, x, grads, oracle, ref_err, base_got)
+                checked.append((p, model, check))
+            for mode in case.modes:
+                self._time_mode(case, mode, checked, flags, want_grad, tag)
+            del checked
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _oracle(self, case: Case, sd: dict, x64: Tensor, dy64: Tensor | None) -> dict[str, Tensor]:
+    def _time_mode(self, case: Case, mode: str, checked: list, flags: dict, want_grad: bool, tag: str) -> None:
+        """Rows of one mode: failed checks and native auto rows as they are, the rest timed in interleaved rounds."""
+        rows: dict[str, Row] = {}
+        fns: dict[str, Callable[[], object]] = {}
+        envs: dict[str, Callable[[], contextlib.AbstractContextManager]] = {}
+        order: list[str] = []
+        for p, model, check in checked:
+            heur = p.heuristic_tier(case, self.device)
+            row = Row(case, mode, p.name, check.status if check.status != "baseline" else "ok", check=check,
+                      heuristic=heur is not None and heur == p.tier, tf32=flags)
+            order.append(p.name)
+            rows[p.name] = row
+            self.progress(f"{tag} {mode} {p.name}")
+            if check.status not in ("ok", "baseline") or model is None:
+                row.note = check.message
+                continue
+            if p.name in self.cfg.untimed:
+                row.note = "checked, not timed in this preset"
+                continue
+            d = check.paths.get(mode) if p.kind == "auto" else None
+            if d is not None:
+                row.path, row.path_rule = _path_name(d), d.rule
+                row.path_reason = check.why.get(mode, d.reason)
+                if d.native:
+                    row.verdict = "native"
+                    row.note = "ran native (nn.RNN's kernel): path asserted, not timed"
+                    continue
+            try:
+                with p.environment():
+                    if p.kind == "compile":
+                        # the check's first call in each mode compiled that mode's graph (grad mode is a guard)
+                        row.compile_s = check.first_calls.get(mode)
+                    fns[p.name] = self._timed_fn(model, case, mode)
+                envs[p.name] = p.environment
+            except Exception as e:  # a failure while preparing is a failure, said plainly
+                row.status = "ERROR" if p.kind != "baseline" else "unsupported"
+                row.note = f"while timing: {type(e).__name__}: {e}"[:300]
+        if fns:
+            self.heartbeat(f"{tag}: timing {mode}")
+            samples, errors = time_interleaved(fns, self.cfg.rounds, self.cfg.min_sample_s, self.device,
+                                               beat=lambda s: self.heartbeat(f"{tag} {mode}: {s}"), contexts=envs)
+            base = samples.get("nn.RNN")
+            for name, err in errors.items():
+                r = rows[name]
+                r.status = "ERROR" if name != "nn.RNN" else "unsupported"
+                r.note = f"while timing: {err}"[:300]
+            for name, ts in samples.items():
+                if name in errors or not ts:
+                    continue
+                r = rows[name]
+                r.timing = timing_of(ts, f"{self.cfg.rounds} interleaved rounds, ≥ {self.cfg.min_sample_s * 1e3:g} "
+                                         "ms per sample")
+                if base and name != "nn.RNN" and "nn.RNN" not in errors:
+                    r.ratios = [b / t for b, t in zip(base, ts)]
+        self.rows += [rows[n] for n in order]
+
+    def _oracle(self, case: Case, sd: dict, x64: Tensor, grads64) -> dict[str, Tensor]:
         """nn.RNN in fp64 with the case's weights: the yardstick of every check."""
         m = nn.RNN(case.H, case.H, num_layers=case.layers, nonlinearity="tanh", bidirectional=case.bidirectional)
         m.load_state_dict(sd)
         m = m.to(device=self.device, dtype=torch.float64).train()
         m.flatten_parameters()  # .to() does not re-flatten (torch 2.11-2.14); cuDNN warns and compacts per call
-        res = run_once(m, x64, dy64)
+        res = run_once(m, x64, grads64)
         return {k: v.detach() for k, v in res.items()}
 
-    def _reference_errors(self, case: Case, sd: dict, x64: Tensor, dy64: Tensor | None,
+    def _reference_errors(self, case: Case, sd: dict, x64: Tensor, grads64,
                           oracle: dict[str, Tensor]) -> dict[str, float]:
         """The reference backend's own error in the case dtype (the scale of every tolerance)."""
         ref = Provider("reference", "reference", backend="reference").build(sd, case, self.device)
+        dt = case.torch_dtype
         with Provider("reference", "reference").environment():
-            got = run_once(ref, x64.to(case.torch_dtype), None if dy64 is None else dy64.to(case.torch_dtype))
+            got = run_once(ref, x64.to(dt), None if grads64 is None else (grads64[0].to(dt), grads64[1].to(dt)))
         return rel_errors(got, oracle)
 
-    def _check(self, p: Provider, case: Case, sd: dict, x: Tensor, dy: Tensor | None,
-               oracle: dict[str, Tensor], ref_err: dict[str, float]) -> tuple[nn.Module | None, Check]:
+    def _check(self, p: Provider, case: Case, sd: dict, x: Tensor, grads, oracle: dict[str, Tensor],
+               ref_err: dict[str, float], base_got: dict[str, dict[str, Tensor]]
+               ) -> tuple[nn.Module | None, Check]:
+        """Build the provider and check it on ``case`` (the check-T case). The baseline's results (per mode) are kept
+        in ``base_got`` for the bit-for-bit check of native; auto's path is recorded per mode."""
+        from fused_rnn.backends.select import record_paths
+
+        modes = [m for m in case.modes]
+        if grads is not None and "fwd+bwd" not in modes:
+            modes.append("fwd+bwd")
+        got_by_mode: dict[str, dict[str, Tensor]] = {}
+        paths: dict[str, object] = {}
         try:
             model = p.build(sd, case, self.device)
-            t0 = time.perf_counter()
-            got = run_once(model, x, dy)
-            _sync(self.device)
-            first = time.perf_counter() - t0
+            first_calls: dict[str, float] = {}
+            # the judged call first (with gradients when the case has a training mode), then the forward-only one
+            for mode in sorted(modes, key=lambda m: m != ("fwd+bwd" if grads is not None else "fwd")):
+                t0 = time.perf_counter()
+                with record_paths() as log:
+                    res = run_once(model, x, grads if mode == "fwd+bwd" else None)
+                    _sync(self.device)
+                first_calls[mode] = time.perf_counter() - t0
+                got_by_mode[mode] = res
+                if log:
+                    paths[mode] = log[-1]
         except (NotImplementedError, ValueError) as e:
             if p.kind == "fused" and p.tier:
                 return None, Check("unsupported", message=f"tier refused this case: {type(e).__name__}: {e}"[:300])
@@ -261,9 +389,12 @@ class Runner:
         except Exception as e:
             status = "unsupported" if p.kind == "baseline" else "ERROR"
             return None, Check(status, message=f"{type(e).__name__}: {e}"[:300])
+        judged = "fwd+bwd" if grads is not None else "fwd"
+        got, first = got_by_mode[judged], first_calls[judged]
         errs = rel_errors(got, oracle)
         if p.kind == "baseline":
-            return model, Check("baseline", errors=errs, first_call_s=first)
+            base_got.update(got_by_mode)
+            return model, Check("baseline", errors=errs, first_call_s=first, first_calls=first_calls)
         if p.kind == "reference":
             tol = {k: REF_BOUND[case.dtype] for k in errs}
         else:
@@ -272,20 +403,40 @@ class Runner:
         if bad:
             msg = "; ".join(f"{k}: err {errs[k]:.3g} > tol {tol[k]:.3g}" for k in bad)
             return None, Check("FAILED", errs, tol, message=f"mismatch vs nn.RNN (fp64): {msg}", first_call_s=first)
-        return model, Check("ok", errs, tol, first_call_s=first)
+        if p.kind in ("native", "auto") and base_got:
+            for mode, res in got_by_mode.items():
+                d = paths.get(mode)
+                if p.kind == "native" or (d is not None and d.native):
+                    diff = differs(res, base_got.get(mode, {}))
+                    if diff:
+                        return None, Check("FAILED", errs, tol, first_call_s=first, paths=paths, message=(
+                            f"ran native in {mode} but differs from nn.RNN in the same dtype: {', '.join(diff)}"))
+        why: dict[str, str] = {}
+        if p.kind == "auto":
+            missing = [m for m in case.modes if m not in paths]
+            if missing:
+                return None, Check("ERROR", errs, tol, first_call_s=first, message=(
+                    f"auto recorded no path in {', '.join(missing)} (select.record_paths saw no forward)"))
+            # The reason beside each auto row is fused_rnn.explain's (one source of the wording), asked for the same
+            # call in the same mode -- and it must name the path the call took.
+            import fused_rnn
 
-    def _first_call_s(self, model: nn.Module, x: Tensor, dy: Tensor | None) -> float:
-        t0 = time.perf_counter()
-        run_once(model, x, dy)
-        _sync(self.device)
-        return time.perf_counter() - t0
+            for mode, d in paths.items():
+                with torch.set_grad_enabled(mode == "fwd+bwd"):
+                    e = fused_rnn.explain(model, x.detach().requires_grad_(mode == "fwd+bwd"))
+                if (e.path, e.tier) != (d.path, d.tier):
+                    return None, Check("ERROR", errs, tol, first_call_s=first, message=(
+                        f"fused_rnn.explain says {e.name} in {mode}, but the call ran {_path_name(d)}"))
+                why[mode] = e.summary
+        return model, Check("ok", errs, tol, first_call_s=first, paths=paths, first_calls=first_calls, why=why)
 
-    def _timed_fn(self, model: nn.Module, case: Case, mode: str, x: Tensor) -> Callable[[], object]:
-        """The timed call: forward (no grad) or forward + gradients of x and every parameter, cycling N_ROTATE
-        inputs. The gradients come from autograd.grad, so nothing accumulates into .grad between calls."""
+    def _timed_fn(self, model: nn.Module, case: Case, mode: str) -> Callable[[], object]:
+        """The timed call: forward (no grad) or forward + gradients of x and every parameter through the loss
+        ⟨out, dy⟩ + ⟨h_n, dh⟩, cycling N_ROTATE inputs. The gradients come from autograd.grad, so nothing
+        accumulates into .grad between calls."""
         g = torch.Generator(device=self.device).manual_seed(7)
-        xs = [torch.randn(case.T, case.B, case.H, generator=g, device=self.device).to(x.dtype)
-              for _ in range(N_ROTATE)]
+        dt = case.torch_dtype
+        xs = [torch.randn(case.T, case.B, case.H, generator=g, device=self.device).to(dt) for _ in range(N_ROTATE)]
         params = [p for _, p in _params(model)]
         it = {"i": 0}
         if mode == "fwd":
@@ -296,20 +447,30 @@ class Runner:
             return fn
         for t in xs:
             t.requires_grad_(True)
-        dy = torch.randn(case.T, case.B, case.directions * case.H, generator=g, device=self.device).to(x.dtype)
+        dy = torch.randn(case.T, case.B, case.directions * case.H, generator=g, device=self.device).to(dt)
+        dh = torch.randn(case.layers * case.directions, case.B, case.H, generator=g, device=self.device).to(dt)
 
         def fn_bwd():
             i = it["i"] = (it["i"] + 1) % N_ROTATE
-            out, _ = model(xs[i])
-            return torch.autograd.grad(out, [xs[i]] + params, dy)
+            out, h_n = model(xs[i])
+            return torch.autograd.grad((out, h_n), [xs[i]] + params, (dy, dh))
         return fn_bwd
 
 
+def verdict(ratios: list[float]) -> tuple[float, float, str]:
+    """(median, p20, verdict) of per-round ratios nn.RNN / provider under the timing rule."""
+    med, p20 = quantile(ratios, 0.5), quantile(ratios, 0.2)
+    return med, p20, ("≥ nn.RNN" if med >= PASS_MEDIAN and p20 >= PASS_P20 else "slower")
+
+
 def derive(rows: list[Row], peaks: Peaks | None) -> None:
-    """Fill speedup vs nn.RNN, tokens/s, µs per layer-step, and on a GPU TFLOP/s and the ratio to the floor."""
+    """Fill speedup vs nn.RNN, the per-round ratio median / p20 and verdict, tokens/s, µs per layer-step, and where
+    peak rates were measured (GPU, CPU) TFLOP/s and the ratio to the per-step floor."""
     base = {(r.case, r.mode): r.timing.median_ms for r in rows
             if r.provider == "nn.RNN" and r.timing is not None}
     for r in rows:
+        if r.ratios:
+            r.ratio_median, r.ratio_p20, r.verdict = verdict(r.ratios)
         if r.timing is None:
             continue
         ms = r.timing.median_ms

@@ -1,6 +1,7 @@
-"""Timing: triton.testing.do_bench on a GPU, torch.utils.benchmark.Timer on the CPU; median and p20/p80 spread.
+"""Timing: interleaved rounds (every provider of a case once per round, rotated order) on the CPU and the GPU --
+the bench's timing rule -- and triton.testing.do_bench for the GPU's peak-rate probes; median and p20/p80 spread.
 
-Callers pass a function that cycles through a few pre-made inputs itself (see runner.Rotator), so that neither
+Callers pass functions that cycle through a few pre-made inputs themselves (runner._timed_fn), so that neither
 caches nor a lucky allocation flatter the repeated call.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -33,24 +35,6 @@ def _quantile(xs: list[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def time_cpu(fn: Callable[[], object], min_run_s: float, min_samples: int = 3, extra_s: float = 3.0) -> Timing:
-    """torch.utils.benchmark.Timer.blocked_autorange with the process's thread count (the Timer defaults to 1),
-    topped up with single calls to ``min_samples`` blocks (spending at most ``extra_s`` on that)."""
-    import time
-
-    from torch.utils.benchmark import Timer
-
-    fn()  # warm-up (first-call allocations, lazy init)
-    t = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    m = t.blocked_autorange(min_run_time=min_run_s)
-    times = [x * 1e3 for x in m.times]  # ms per call, one value per block
-    t_end = time.perf_counter() + extra_s
-    while len(times) < min_samples and time.perf_counter() < t_end:
-        times += [x * 1e3 for x in t.timeit(number=1).times]
-    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times),
-                  f"torch.utils.benchmark blocked_autorange(min_run_time={min_run_s}s)")
 
 
 def time_gpu(fn: Callable[[], object], warmup_ms: int, rep_ms: int, max_rep_ms: int | None = None,
@@ -98,3 +82,81 @@ def _time_events(fn: Callable[[], object], warmup_ms: int, rep_ms: float) -> Tim
     torch.cuda.synchronize()
     times = [s.elapsed_time(e) for s, e in pairs]
     return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), n, "cuda events")
+
+
+def timing_of(samples_ms: list[float], method: str) -> Timing:
+    """A Timing from per-call samples in ms."""
+    return Timing(statistics.median(samples_ms), _quantile(samples_ms, 0.2), _quantile(samples_ms, 0.8),
+                  len(samples_ms), method)
+
+
+def quantile(xs: list[float], q: float) -> float:
+    """Linear-interpolated quantile of xs (q in [0, 1])."""
+    return _quantile(xs, q)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int, min_sample_s: float,
+                     device: torch.device, beat: Callable[[str], None] | None = None,
+                     contexts: dict[str, Callable[[], AbstractContextManager]] | None = None
+                     ) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Per-call times in ms of every function, one sample per round, the functions interleaved.
+
+    Each function is called once untimed (warm-up, first-call allocations), and a second time to estimate its cost
+    when the first took less than ``min_sample_s``; a sample then repeats it ``reps = ceil(min_sample_s /
+    estimate)`` times (one call when it is slower than that). Round r
+    calls the functions in the order rotated by r, so neither a slow spell of a shared machine nor the cache state
+    one function leaves favours another. On CUDA every sample is bracketed by synchronisations. ``contexts[name]()``
+    (e.g. a provider's environment variables) is entered around each of that function's samples, outside the timed
+    span. A function that raises is dropped from the remaining rounds: returns (samples, {name: error}).
+    """
+    import math
+    import time
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    contexts = contexts or {}
+    names = list(fns)
+    reps: dict[str, int] = {}
+    errors: dict[str, str] = {}
+    out: dict[str, list[float]] = {n: [] for n in names}
+
+    def ctx(n: str) -> AbstractContextManager:
+        return contexts[n]() if n in contexts else nullcontext()
+
+    for n in names:
+        if beat is not None:
+            beat(f"warm-up {n}")
+        try:
+            with ctx(n):
+                t0 = time.perf_counter()
+                fns[n]()
+                sync()
+                est = time.perf_counter() - t0
+                if est < min_sample_s:  # a fast call: estimate again without first-call costs
+                    t0 = time.perf_counter()
+                    fns[n]()
+                    sync()
+                    est = time.perf_counter() - t0
+        except Exception as e:
+            errors[n] = f"{type(e).__name__}: {e}"
+            continue
+        reps[n] = max(1, math.ceil(min_sample_s / max(est, 1e-9)))
+    live = [n for n in names if n not in errors]
+    for r in range(rounds):
+        k = r % len(live) if live else 0
+        for n in live[k:] + live[:k]:
+            if n in errors:
+                continue
+            if beat is not None:
+                beat(f"round {r + 1}/{rounds} {n}")
+            fn, m = fns[n], reps[n]
+            try:
+                with ctx(n):
+                    sync()
+                    t0 = time.perf_counter()
+                    for _ in range(m):
+                        fn()
+                    sync()
+                    out[n].append((time.perf_counter() - t0) / m * 1e3)
+            except Exception as e:
+                errors[n] = f"{type(e).__name__}: {e}"
+    return out, errors

@@ -12,6 +12,7 @@
 
 #include <torch/library.h>
 
+#include "cuda/gpu_verified.h"
 #include "fused_rnn.h"
 
 // The module `fused_rnn._C` holds no Python functions: importing it runs the static TORCH_LIBRARY registrations
@@ -29,6 +30,7 @@ std::vector<std::string> cuda_tier_names() { return {}; }
 
 namespace {
 std::vector<std::string> cuda_tiers_op() { return cuda_tier_names(); }
+std::vector<std::string> gpu_verified_op() { return gpu_verified_entries(); }
 bool built_with_cuda_op() {
 #ifdef FUSED_RNN_WITH_CUDA
   return true;
@@ -48,6 +50,8 @@ TORCH_LIBRARY(fused_rnn, m) {
   // Introspection: which CUDA tiers this build compiled (empty without CUDA), and whether CUDA was built at all.
   m.def("cuda_tiers() -> str[]", &cuda_tiers_op);
   m.def("built_with_cuda() -> bool", &built_with_cuda_op);
+  // The GPU-verified list (csrc/cuda/gpu_verified.h): the one copy the CUDA op and the Python selector both read.
+  m.def("gpu_verified() -> str[]", &gpu_verified_op);
 }
 
 }  // namespace fused_rnn

@@ -95,7 +95,7 @@ class BPTTRecorder:
 
     # -- hooks (called by fused_rnn.modules / fused_rnn.recurrence only while this recorder is active) --
     def set_site(self, layer: int, direction: int) -> None:
-        """Name the next recurrence: ``RNN._run_layers`` calls this just before each layer-direction."""
+        """Name the next recurrence: ``stack.run_fused_stack`` calls this just before each layer-direction."""
         self._site = (layer, direction)
 
     def capture(self, reverse: bool) -> _Tag:
@@ -151,7 +151,7 @@ def capture(reverse: bool) -> _Tag | None:
 
 
 def set_site(layer: int, direction: int) -> None:
-    """For RNN._run_layers: name the next recurrence (no-op when not recording, and under torch.compile)."""
+    """For stack.run_fused_stack: name the next recurrence (no-op when not recording, and under torch.compile)."""
     if _ACTIVE is not None and not torch.compiler.is_compiling():
         _ACTIVE.set_site(layer, direction)
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _lazy_compile
 from .backends.select import resolve
 from .precision import allow_tf32 as _allow_tf32
 from .recurrence import recurrence
@@ -58,7 +59,7 @@ def elman_layer(
     return recurrence(P, h0, w_hh, lengths, reverse, nonlinearity, choice.backend, choice.tier, _tf32_setting())
 
 
-@torch.compiler.assume_constant_result
+@_lazy_compile.assume_constant_result
 def _tf32_setting() -> bool:
     """precision.allow_tf32(), read at trace time under torch.compile (Dynamo cannot trace the dispatcher getters
     behind it): a compiled module keeps the TF32 setting it was traced with until ``torch._dynamo.reset()``."""

@@ -1,39 +1,57 @@
-"""``fused_rnn.RNN``: a drop-in for ``torch.nn.RNN`` whose recurrence runs on a fused backend.
+"""``fused_rnn.RNN``: a drop-in for ``torch.nn.RNN`` that runs the fastest verified path for each call.
 
 It subclasses ``torch.nn.RNNBase`` (as nn.RNN does, with nn.RNN's argument handling), so constructor checks, error
-messages, parameter names/shapes/registration order, initialisation, ``state_dict``, pickling and ``extra_repr`` are
-the installed torch's own, for every torch version. Not ``nn.RNN`` itself: Dynamo refuses to trace any nn.RNN
-instance ("Attempted to wrap RNN, GRU, or LSTM"), and fused_rnn.RNN must compile with ``fullgraph=True``.
-``forward`` reduces every input form (PackedSequence, unbatched, batch_first) to a time-major ``(T, B, I)`` tensor
-plus ``lengths``, runs layers × directions through ``elman_layer``, and assembles ``(output, h_n)`` exactly as nn.RNN
-does; under torch.autocast it casts as nn.RNN's op does. ``step`` advances a unidirectional module by one time step
-(autoregressive decoding).
+messages, parameter names/shapes/registration order, initialisation, ``flatten_parameters`` (cuDNN's flat weight
+buffer on CUDA, re-flattened on ``.to()``), ``state_dict``, pickling and ``extra_repr`` are the installed torch's
+own, for every torch version. Not ``nn.RNN`` itself: Dynamo refuses to trace any nn.RNN instance ("Attempted to wrap
+RNN, GRU, or LSTM"), and fused_rnn.RNN must compile with ``fullgraph=True``.
+
+``forward`` parses the input as nn.RNN does (PackedSequence, unbatched, batch_first, hx), asks
+``select.choose_path`` which path runs this call, and runs one of two sibling stacks:
+  - **native** (fused_rnn/native.py): PyTorch's own RNN op over the whole stack -- exactly what nn.RNN runs, bit
+    for bit; ``backend="native"``, or `auto` where the measured policy (fused_rnn/policy.py) says the fused path
+    would not be faster;
+  - **fused** (fused_rnn/stack.py): every input form reduced to a time-major ``(T, B, I)`` tensor plus ``lengths``,
+    layers × directions through ``elman_layer`` (input GEMM + the backend's recurrence), ``(output, h_n)``
+    assembled exactly as nn.RNN does; under torch.autocast it casts as nn.RNN's op does.
+``step`` advances a unidirectional module by one time step (autoregressive decoding; never native).
 
 torch.compile: ``torch.compile(rnn, fullgraph=True)`` traces padded input (with or without ``lengths=``); a
-PackedSequence compiles with the graph breaks Dynamo forces around (un)packing. With the C++ backends (opaque ops) a
-new sequence length reuses the graph once T is dynamic: ``torch._dynamo.mark_dynamic(x, 0)`` (1 with batch_first),
-or let Dynamo's automatic dynamic shapes recompile once. The reference backend's Python time loop is unrolled, so it
-recompiles per T. Backend choice, tier and TF32 setting are fixed when the graph is traced (select.resolve).
+PackedSequence compiles with the graph breaks Dynamo forces around (un)packing. Under torch.compile and
+torch.export `auto` always runs the fused stack (its C++/CUDA ops are opaque, so a new sequence length reuses the
+graph once T is dynamic: ``torch._dynamo.mark_dynamic(x, 0)`` (1 with batch_first), or let Dynamo's automatic
+dynamic shapes recompile once), and the policy is not consulted, so no batch-size comparison becomes a guard.
+``backend="native"`` compiles too but PyTorch's op decomposes into per-step ops: it recompiles for every T. The
+reference backend's Python time loop is unrolled, so it recompiles per T as well. Backend choice, tier and TF32
+setting are fixed when the graph is traced (select.resolve).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import concurrency as _conc
+from . import _lazy_compile
+from . import autotune as _autotune
 from . import diagnostics as _diag
-from .backends.select import BACKEND_NAMES
-from .functional import check_lengths, elman_layer
+from . import onnx as _onnx
+from .backends.select import MODULE_BACKENDS, NATIVE, _resolve_name, choose_path, tracing
+from .functional import check_lengths
+from .native import run_native_stack
 from .precision import compute_dtype
+from .stack import run_fused_stack
 
 
 class RNN(nn.RNNBase):
     r"""Elman RNN, ``h_t = f(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh)`` with f = tanh or relu.
 
-    Same arguments as :class:`torch.nn.RNN` plus ``backend`` ("auto", "reference", "cpu", "cuda", "triton").
+    Same arguments as :class:`torch.nn.RNN` plus ``backend``: "auto" (default: per call, the fastest verified path
+    by the measured policy -- fused_rnn/policy.py), "native" (PyTorch's own kernel, exactly nn.RNN's), or a fused
+    backend: "reference", "cpu", "cuda", "triton".
 
     Inputs: ``input`` [T, B, I] ([B, T, I] with batch_first; [T, I] unbatched; or a PackedSequence),
     ``hx`` [num_layers·D, B, H] ([num_layers·D, H] unbatched), and optionally -- beyond nn.RNN -- ``lengths`` [B]
@@ -47,8 +65,8 @@ class RNN(nn.RNNBase):
     """
 
     def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
-        if backend != "auto" and backend not in BACKEND_NAMES:
-            raise ValueError(f"fused_rnn: unknown backend {backend!r}; choose one of {('auto',) + BACKEND_NAMES}")
+        if backend not in MODULE_BACKENDS:
+            raise ValueError(f"fused_rnn: unknown backend {backend!r}; choose one of {MODULE_BACKENDS}")
         # nn.RNN's own argument handling (nonlinearity as 4th positional or keyword; proj_size refused), kept word
         # for word so the errors equal the installed nn.RNN's (test_errors.py compares them at run time; identical
         # in torch 2.11 and 2.14). We subclass nn.RNNBase, not nn.RNN: Dynamo refuses every nn.RNN instance.
@@ -68,8 +86,10 @@ class RNN(nn.RNNBase):
         super().__init__(mode, *args, **kwargs)
         self.backend = backend
 
-    def flatten_parameters(self) -> None:
-        """No-op: fused_rnn reads the parameters directly (kept for drop-in compatibility with nn.RNN)."""
+    # flatten_parameters: RNNBase's own (not overridden). On CUDA with cuDNN it makes the parameters views into one
+    # flat buffer, as nn.RNN's are -- at construction and on every _apply (.to(), .cuda(), .half()) -- so the native
+    # path's cuDNN call uses them without re-packing; elsewhere it is a no-op. The fused stack reads the parameters
+    # by name and does not care whether they are views.
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -85,15 +105,36 @@ class RNN(nn.RNNBase):
             self.backend = "auto"
 
     def forward(self, input, hx: Tensor | None = None, lengths: Tensor | None = None):  # noqa: A002 (nn.RNN's name)
-        # No self._update_flat_weights(): the parameters are read by name (_layer_weights), never through the
-        # weakref'd flat list, and skipping it keeps weakrefs out of what torch.compile traces.
-        num_directions = 2 if self.bidirectional else 1
-        orig_input = input
+        # No self._update_flat_weights() here: the fused stack reads the parameters by name (_layer_weights), never
+        # through the weakref'd flat list, and skipping it keeps weakrefs out of what torch.compile traces; the
+        # native stack calls it in eager mode, as nn.RNN does.
+        # torch.onnx.export is tracing this call: standard ONNX RNN nodes instead of the fused ops (fused_rnn/onnx.py)
+        onnx_export = _onnx.exporting()
+        if onnx_export:
+            if torch.jit.is_tracing():  # the legacy exporter: PyTorch's own RNN op, which torch's symbolic exports
+                return _onnx.legacy_forward(self, input, hx, lengths)
+            _onnx.check_dynamo_export(self, input)
+        call = self._parse(input, hx, lengths)
+        amp_dtype = autocast_dtype(call.input.device.type)
+        path = self._choose_path(call, amp_dtype)
+        return self._run(path, call, amp_dtype, onnx_export)
+
+    def explain(self, input, hx: Tensor | None = None, lengths: Tensor | None = None, *,  # noqa: A002
+                compiled: bool = False):
+        """What this module would run for ``self(input, hx, lengths=lengths)`` here and now, and why, without
+        running it: ``fused_rnn.explain(self, input, hx, lengths=lengths)`` (see fused_rnn/_explain.py)."""
+        from ._explain import explain
+
+        return explain(self, input, hx, lengths=lengths, compiled=compiled)
+
+    def _parse(self, input, hx: Tensor | None, lengths: Tensor | None) -> _Call:  # noqa: A002
+        """nn.RNN's input handling: PackedSequence (hx permuted to the sorted order), unbatched (unsqueezed),
+        batch_first; the dimension checks nn.RNN makes before its op. Returns the call in batched form."""
         batch_sizes = None
         sorted_indices = unsorted_indices = None
         is_batched = True
         batch_dim = 0 if self.batch_first else 1
-        if isinstance(orig_input, PackedSequence):
+        if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError("fused_rnn: lengths= is for padded input; a PackedSequence carries its own")
             input, batch_sizes, sorted_indices, unsorted_indices = input
@@ -118,10 +159,38 @@ class RNN(nn.RNNBase):
             elif hx is not None and hx.dim() != 3:
                 raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
             max_batch_size = input.size(0) if self.batch_first else input.size(1)
+        return _Call(input, hx, lengths, batch_sizes, sorted_indices, unsorted_indices, is_batched, max_batch_size)
+
+    def _run(self, path, call: _Call, amp_dtype: torch.dtype | None, onnx_export: bool = False):
+        """Run the parsed call on ``path`` (a policy.Decision, or the traced stand-ins below): native or fused;
+        ``onnx_export``: torch.onnx.export (dynamo) is tracing it (the layer-level ops of fused_rnn/onnx.py)."""
+        input, hx, lengths, batch_sizes = call.input, call.hx, call.lengths, call.batch_sizes
+        sorted_indices, unsorted_indices = call.sorted_indices, call.unsorted_indices
+        is_batched, max_batch_size = call.is_batched, call.B
+        num_directions = 2 if self.bidirectional else 1
+        batch_dim = 0 if self.batch_first else 1
+
+        if path.native and not onnx_export:  # (an ONNX export runs the layer-level op below, forced native too)
+            # nn.RNN's order: zeros in the input's own dtype, the module's checks, then the op, which autocast
+            # casts itself (autocast is left as the caller set it).
+            if hx is None:
+                hx = torch.zeros(self.num_layers * num_directions, max_batch_size, self.hidden_size,
+                                 dtype=input.dtype, device=input.device)
+            self.check_forward_args(input, hx, batch_sizes)
+            _check_hx(input, hx, amp_dtype)
+            output, h_n = run_native_stack(self, input, hx, batch_sizes, lengths,
+                                           _grad_needed(self, input, hx))
+            if batch_sizes is not None:
+                return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), \
+                    self.permute_hidden(h_n, unsorted_indices)
+            if not is_batched:
+                output = output.squeeze(batch_dim)
+                h_n = h_n.squeeze(1)
+            return output, h_n
+
         # Under torch.autocast nn.RNN's op is on the lower-precision list on CPU and CUDA (torch 2.11 and 2.14: CPU
         # bf16 -> bf16 output, fp16 -> fp16): input, hx and weights are cast to the autocast dtype, the parameters
         # stay fp32 (their gradients too), and the dtype checks are skipped. Mirrored here by casting explicitly.
-        amp_dtype = autocast_dtype(input.device.type)
         if amp_dtype is not None:
             input = _amp_cast(input, amp_dtype)
         if hx is None:
@@ -130,12 +199,7 @@ class RNN(nn.RNNBase):
         elif amp_dtype is not None:
             hx = _amp_cast(hx, amp_dtype)
         self.check_forward_args(input, hx, batch_sizes)
-        # RuntimeError, the type nn.RNN raises for these (from its kernels, with less clear messages).
-        if hx.dtype != input.dtype and amp_dtype is None:
-            raise RuntimeError(f"fused_rnn: hx dtype ({hx.dtype}) does not match input dtype ({input.dtype})")
-        if hx.device != input.device:
-            raise RuntimeError(
-                f"fused_rnn: hx is on {hx.device} but input is on {input.device}; move both to one device")
+        _check_hx(input, hx, amp_dtype)
 
         # -> canonical time-major x [T, B, I] and lengths [B] (or None)
         if batch_sizes is not None:
@@ -148,12 +212,14 @@ class RNN(nn.RNNBase):
         if x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-        if amp_dtype is None:
-            output, h_n = self._run_layers(x, hx, seq_lengths)
+        if onnx_export:  # one layer-level op per layer, which onnx_translations() maps to an ONNX RNN node
+            output, h_n = _onnx.run_layers(self, x, hx, seq_lengths, amp_dtype)
+        elif amp_dtype is None:
+            output, h_n = run_fused_stack(self, x, hx, seq_lengths, None, path.path, path.tier)
         else:
             # The casts are done; inside, every op runs in the compute dtype as written (no second cast).
             with torch.autocast(x.device.type, enabled=False):
-                output, h_n = self._run_layers(x, hx, seq_lengths, amp_dtype)
+                output, h_n = run_fused_stack(self, x, hx, seq_lengths, amp_dtype, path.path, path.tier)
 
         if batch_sizes is not None:
             out = PackedSequence(_padded_to_packed_data(output, seq_lengths), batch_sizes, sorted_indices,
@@ -165,6 +231,31 @@ class RNN(nn.RNNBase):
             output = output.squeeze(batch_dim)
             h_n = h_n.squeeze(1)
         return output, self.permute_hidden(h_n, unsorted_indices)
+
+    def _choose_path(self, call: _Call, amp_dtype: torch.dtype | None, record: bool = True, tune: bool = True):
+        """The policy.Decision for this call (select.choose_path): "native" or the fused backend (+ tier).
+
+        The key: the compute dtype (autocast's for floating inputs other than fp64), B, H, layers × directions and
+        the mode (training = grad enabled and the input, hx or a parameter requires grad). With autotuning on
+        (fused_rnn/autotune.py) and ``tune``, the policy's decision goes through the autotune cache.
+        """
+        input, hx = call.input, call.hx
+        dtype = compute_dtype_of(input, amp_dtype)
+        backend = self.backend
+        if tracing():
+            # While tracing: no policy lookup (its comparisons on B would become guards, and native would unroll
+            # over T). The backend name is a trace-time constant (select._resolve_name); auto -> the fused stack.
+            if _resolve_name(backend, input.device.type)[0] == NATIVE:
+                return _TRACED_NATIVE
+            return _TracedFused(backend)
+        training = _grad_needed(self, input, hx)
+        tuner = None
+        if tune and _autotune.enabled():
+            def tuner(static):
+                return _autotune.tuned(self, call, amp_dtype, dtype, training, static)
+        return choose_path(backend, input.device, dtype, call.B, self.hidden_size, self.num_layers,
+                           2 if self.bidirectional else 1, training, _diag._ACTIVE is not None, tune=tuner,
+                           record=record)
 
     def _layer_weights(self, layer: int, direction: int, amp_dtype: torch.dtype | None = None
                        ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
@@ -179,39 +270,6 @@ class RNN(nn.RNNBase):
             b_ih = _amp_cast(b_ih, amp_dtype) if b_ih is not None else None
             b_hh = _amp_cast(b_hh, amp_dtype) if b_hh is not None else None
         return w_ih, w_hh, b_ih, b_hh
-
-    def _run_layers(self, x: Tensor, hx: Tensor, lengths: Tensor | None, amp_dtype: torch.dtype | None = None
-                    ) -> tuple[Tensor, Tensor]:
-        """x [T, B, I], hx [L·D, B, H], lengths [B] | None -> (output [T, B, D·H], h_n [L·D, B, H])."""
-        num_directions = 2 if self.bidirectional else 1
-        if lengths is not None and lengths.device != x.device:
-            lengths = lengths.to(x.device, non_blocking=True)  # moved once for all layers
-        # Bidirectional on CUDA: the reverse direction may run on a second stream beside the forward one
-        # (fused_rnn/concurrency.py: why, the fork/join, and when it is on).
-        concurrent = _conc.enabled(x.device, num_directions)
-        h_n = []
-        layer_input = x
-        for layer in range(self.num_layers):
-
-            def run(direction: int, layer: int = layer, layer_input: Tensor = layer_input) -> tuple[Tensor, Tensor]:
-                w_ih, w_hh, b_ih, b_hh = self._layer_weights(layer, direction, amp_dtype)
-                if _diag._ACTIVE is not None:  # BPTT diagnostics hook: names this recurrence (layer, direction)
-                    _diag.set_site(layer, direction)
-                return elman_layer(layer_input, hx[layer * num_directions + direction], w_ih, w_hh, b_ih, b_hh,
-                                   lengths, direction == 1, self.nonlinearity, self.backend)
-
-            if num_directions == 1:
-                y, h = run(0)
-                h_n.append(h)
-                layer_input = y
-            else:
-                (y, h), (y_rev, h_rev) = _conc.run_pair(x.device, concurrent, lambda: run(0), lambda: run(1),
-                                                        (layer_input, hx, lengths))
-                h_n += [h, h_rev]
-                layer_input = torch.cat((y, y_rev), dim=2)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                layer_input = F.dropout(layer_input, self.dropout, training=True)
-        return layer_input, torch.stack(h_n, 0)
 
     def step(self, x_t: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One time step through every layer, for autoregressive decoding.
@@ -304,16 +362,38 @@ class RNN(nn.RNNBase):
 # (Un)packing reads batch_sizes on the host, so torch.compile cannot trace it: torch 2.14's Dynamo skips
 # pad_packed_sequence (a graph break), torch 2.11's traces into it and fails on fake tensors. Running both
 # conversions eagerly gives the same graph break on every version (fullgraph=False for PackedSequence input).
-@torch.compiler.disable
+@_lazy_compile.disable
 def _packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor]:
     """PackedSequence data [N, I] + batch_sizes [T] (sorted order) -> (x [T, B, I] zero-padded, lengths [B] int64)."""
     return pad_packed_sequence(PackedSequence(data, batch_sizes, None, None), batch_first=False)
 
 
-@torch.compiler.disable
+@_lazy_compile.disable
 def _padded_to_packed_data(output: Tensor, lengths: Tensor) -> Tensor:
     """output [T, B, D·H] in sorted order, lengths [B] -> packed data [N, D·H] (the inverse of _packed_to_padded)."""
     return pack_padded_sequence(output, lengths, batch_first=False, enforce_sorted=True).data
+
+
+class _Call(NamedTuple):
+    """One call after nn.RNN's input handling (RNN._parse): batched input [T, B, I] / [B, T, I] or packed data
+    [N, I]; hx [L·D, B, H] (permuted to the packed order) or None; lengths [B] | None; PackedSequence fields;
+    whether the user's input was batched; B (max batch size)."""
+
+    input: Tensor
+    hx: Tensor | None
+    lengths: Tensor | None
+    batch_sizes: Tensor | None
+    sorted_indices: Tensor | None
+    unsorted_indices: Tensor | None
+    is_batched: bool
+    B: int
+
+
+def compute_dtype_of(input: Tensor, amp_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype a call computes in: autocast's for floating inputs other than fp64, else the input's."""
+    if amp_dtype is not None and input.is_floating_point() and input.dtype != torch.float64:
+        return amp_dtype
+    return input.dtype
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -328,3 +408,41 @@ def _amp_cast(t: Tensor, dtype: torch.dtype) -> Tensor:
     if t.is_floating_point() and t.dtype != torch.float64 and t.dtype != dtype:
         return t.to(dtype)
     return t
+
+
+class _TracedFused:
+    """The path while torch.compile / torch.export traces a fused or auto module: the fused stack, per-layer resolve
+    (a plain object: cheaper for Dynamo than the policy's dataclass)."""
+
+    native = False
+    tier = ""
+
+    def __init__(self, backend: str) -> None:
+        self.path = backend
+
+
+class _TracedNative:
+    native = True
+    path = NATIVE
+    tier = ""
+
+
+_TRACED_NATIVE = _TracedNative()
+
+
+def _grad_needed(module: nn.Module, input: Tensor, hx: Tensor | None) -> bool:
+    """Training mode for the policy: grad enabled and the input, hx or a parameter requires grad."""
+    if not torch.is_grad_enabled():
+        return False
+    if input.requires_grad or (hx is not None and hx.requires_grad):
+        return True
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _check_hx(input: Tensor, hx: Tensor, amp_dtype: torch.dtype | None) -> None:
+    """RuntimeError, the type nn.RNN raises for these (from its kernels, with less clear messages)."""
+    if hx.dtype != input.dtype and amp_dtype is None:
+        raise RuntimeError(f"fused_rnn: hx dtype ({hx.dtype}) does not match input dtype ({input.dtype})")
+    if hx.device != input.device:
+        raise RuntimeError(
+            f"fused_rnn: hx is on {hx.device} but input is on {input.device}; move both to one device")

@@ -1,9 +1,18 @@
-"""One tiny forward+backward per GPU backend/tier, for compute-sanitizer (memcheck, racecheck, ...).
+"""One tiny forward+backward per GPU backend/tier/dtype: the per-tier report of `make gpu-check`, and the workload
+compute-sanitizer (memcheck, racecheck, synccheck, initcheck) runs.
 
-Run under the sanitizer by scripts/gpu_check.sh:  compute-sanitizer --tool memcheck python3 scripts/sanitize_cases.py
-Every case uses lengths, reverse and a non-zero h0, so masking and the predecessor-state paths run too. It prints
-the error against the reference backend for each case (the correctness verdict is the GPU tests' job; here a
-non-finite or large error is still reported and fails the exit code).
+    python3 scripts/sanitize_cases.py [--set verified|unverified|all] [--dtypes float32,bfloat16] [--report]
+    compute-sanitizer --tool memcheck python3 scripts/sanitize_cases.py --set verified
+
+Every case uses lengths, reverse and a non-zero h0, so masking and the predecessor-state paths run too. Each case
+checks, through the tier record (fused_rnn.backends.tier_log), that the tier asked for is the tier that ran -- a
+tier that silently falls back fails its line (issue #26: "verified" means it ran) -- and reports the error against
+the reference backend (a non-finite or large error fails too). One report line per (backend, tier, dtype).
+
+Sets: `verified` = the tiers on the GPU-verified list (csrc/cuda/gpu_verified.h) minus new code inside them (the
+16-bit GEMM of cuda `fallback`'s fp16/bf16 forward); `unverified` = everything else (batch_tiled, Triton, any tier a
+later change adds, that new code). `make gpu-check` runs the unverified set in its last part, so a failure there
+cannot use up the run that re-verifies the proven tiers.
 """
 
 from __future__ import annotations
@@ -17,22 +26,41 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import fused_rnn  # noqa: E402
+from fused_rnn.backends import tier_log, verified  # noqa: E402
 from fused_rnn.recurrence import recurrence  # noqa: E402
 
+# (T, B, H) per tier where the default (5, 3, 40) would not run the tier itself.
+SHAPES: dict[tuple[str, str], tuple[int, int, int]] = {}
+DEFAULT_SHAPE = (5, 3, 40)  # cluster: 10 CTAs of 4 units; persistent: 10 CTAs; triton cooperative: 3 hidden tiles
 
-def cases() -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
+
+def new_code(backend: str, tier: str, dtype: torch.dtype) -> bool:
+    """Code inside a verified tier that has not run on a GPU yet (issue #21)."""
+    return backend == "cuda" and tier == "fallback" and dtype in (torch.float16, torch.bfloat16)
+
+
+def cases(which: str, dtypes: list[torch.dtype]) -> list[tuple[str, str, torch.dtype]]:
+    out: list[tuple[str, str, torch.dtype]] = []
     avail = fused_rnn.available_backends()
+    tiers: list[tuple[str, str]] = []
     if "cuda" in avail:
-        out += [("cuda", t) for t in fused_rnn._ext.cuda_tiers()]
+        tiers += [("cuda", t) for t in fused_rnn._ext.cuda_tiers()]
     if "triton" in avail:
         from fused_rnn.backends import triton as tb
 
-        out += [("triton", t) for t in tb.TIERS if t]
+        tiers += [("triton", t) for t in tb.TIERS if t]
+    cap = tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
+    for backend, tier in tiers:
+        for dt in dtypes:
+            proven = verified.is_verified(backend, tier, cap) and not new_code(backend, tier, dt)
+            if which == "all" or (which == "verified") == proven:
+                out.append((backend, tier, dt))
     return out
 
 
-def run_one(backend: str, tier: str, dtype: torch.dtype, T: int = 5, B: int = 3, H: int = 40) -> float:
+def run_one(backend: str, tier: str, dtype: torch.dtype) -> tuple[float, set[str], list[tier_log.TierRun]]:
+    """Max |error| vs the reference over forward outputs and every gradient, the tiers that ran, the record."""
+    T, B, H = SHAPES.get((backend, tier), DEFAULT_SHAPE)
     g = torch.Generator(device="cpu").manual_seed(0)
     dev = "cuda"
     P = (torch.randn(T, B, H, generator=g) * 0.5).to(dev, dtype)
@@ -40,41 +68,63 @@ def run_one(backend: str, tier: str, dtype: torch.dtype, T: int = 5, B: int = 3,
     w = (torch.randn(H, H, generator=g) / H**0.5).to(dev, dtype)
     lengths = torch.tensor([T, 2, 1][:B], dtype=torch.int64, device=dev)
     err = 0.0
+    runs: list[tier_log.TierRun] = []
     for reverse in (False, True):
         outs = []
         for be, tr in ((backend, tier), ("reference", "")):
             Pr, hr, wr = (t.detach().clone().requires_grad_(True) for t in (P, h0, w))
-            Y, hn = recurrence(Pr, hr, wr, lengths, reverse, "tanh", be, tr, False)
-            (Y.float().square().sum() + hn.float().sum()).backward()
-            torch.cuda.synchronize()
+            with tier_log.record() as rec:
+                Y, hn = recurrence(Pr, hr, wr, lengths, reverse, "tanh", be, tr, False)
+                (Y.float().square().sum() + hn.float().sum()).backward()
+                torch.cuda.synchronize()
+            if be == backend:
+                runs += [r for r in rec if r.backend == backend]
             outs.append([Y, hn, Pr.grad, hr.grad, wr.grad])
         for a, b in zip(*outs):
             err = max(err, (a.double() - b.double()).abs().max().item())
-    return err
+    return err, {r.ran for r in runs}, runs
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--set", default="all", choices=("verified", "unverified", "all"))
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--report", action="store_true", help="a markdown table, one line per backend/tier/dtype")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device")
         return 0
-    bad = 0
-    todo = cases()
+    dtypes = [getattr(torch, n) for n in args.dtypes.split(",")]
+    todo = cases(args.set, dtypes)
     if not todo:
-        print("no GPU backend/tier available to sanitize")
-    for backend, tier in todo:
-        for name in args.dtypes.split(","):
-            dtype = getattr(torch, name)
-            try:
-                err = run_one(backend, tier, dtype)
-                ok = err == err and err < (1e-3 if dtype == torch.float32 else 5e-2)
-                print(f"{backend:7s} {tier:12s} {name:9s} max|err| vs reference = {err:.3e} {'ok' if ok else 'LARGE'}")
-                bad += not ok
-            except Exception as e:  # report and go on: the sanitizer verdict matters for every tier
-                print(f"{backend:7s} {tier:12s} {name:9s} ERROR {type(e).__name__}: {e}")
-                bad += 1
+        print(f"no GPU backend/tier in the {args.set!r} set")
+        return 0
+    if args.report:
+        print(f"| backend | tier | dtype | ran | launches | max abs err vs reference | verdict |\n|{'---|' * 7}")
+    bad = 0
+    for backend, tier, dtype in todo:
+        name = str(dtype).removeprefix("torch.")
+        try:
+            err, ran, runs = run_one(backend, tier, dtype)
+            ok_err = err == err and err < (1e-3 if dtype == torch.float32 else 5e-2)
+            ok_tier = ran == {tier}
+            verdict = "PASS" if ok_err and ok_tier else ("FELL BACK" if not ok_tier else "LARGE ERROR")
+            why = "; ".join(sorted({r.why for r in runs if r.why}))
+            detail = "; ".join(sorted({r.detail for r in runs if r.detail}))
+            if args.report:
+                print(f"| {backend} | {tier} | {name} | {', '.join(sorted(ran)) or '-'} | {len(runs)} | {err:.2e} | "
+                      f"{verdict}{' (' + why + ')' if why else ''} |")
+            else:
+                print(f"{backend:7s} {tier:12s} {name:9s} ran {sorted(ran)} max|err| vs reference = {err:.3e} "
+                      f"{verdict} {why}")
+            if detail:
+                print(f"    launched: {detail}")
+            bad += verdict != "PASS"
+        except Exception as e:  # report and go on: every tier's verdict matters
+            msg = f"{type(e).__name__}: {e}".replace("\n", " ")[:300]
+            print(f"| {backend} | {tier} | {name} | - | - | - | ERROR {msg} |" if args.report
+                  else f"{backend:7s} {tier:12s} {name:9s} ERROR {msg}")
+            bad += 1
     return 1 if bad else 0
 
 

@@ -1,5 +1,6 @@
-"""Tests of the benchmark suite (bench/): the CLI end to end on the tiny preset, the correctness gate, the
-provider discovery, argument errors and the FLOP / floor arithmetic."""
+"""Tests of the benchmark suite (bench/): the CLI end to end on the tiny preset, the correctness gate (outputs, h_n,
+dx and every weight gradient; native bit for bit; auto's path), interleaved timing and the verdict rule, the auto
+summary, the provider discovery, argument errors, the environment left alone, and the FLOP / floor arithmetic."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import cli, report  # noqa: E402
+from bench import timing as bench_timing  # noqa: E402
 from bench.cases import PRESET_CONFIG, Case, preset_cases  # noqa: E402
 from bench.floor import floor_us_per_step, model_flops  # noqa: E402
 from bench.providers import Provider, discover  # noqa: E402
 from bench.runner import Runner  # noqa: E402
+from fused_rnn import _ext  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -28,6 +31,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _run_cli(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("FUSED_RNN_BACKEND", None)
+    env.pop("OMP_WAIT_POLICY", None)  # the bench must leave it unset (and say so in the JSON)
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -83,6 +87,23 @@ def test_tiny_json_environment_and_checks(tiny_run):
     assert data["all_checks_passed"] is True
     # the reference is checked on every tiny case (both are within its step cap)
     assert {r["case"]["label"] for r in judged if r["provider"] == "reference"} == {c.label() for c in cases}
+    # so are auto and native, and -- when the extension is built -- the forced cpu backend (issue #26)
+    labels = {c.label() for c in cases}
+    for prov in ["auto", "native"] + (["cpu"] if _ext.has_kernel("CPU") else []):
+        assert {r["case"]["label"] for r in judged if r["provider"] == prov} == labels, prov
+    if _ext.has_kernel("CPU"):
+        assert "cpu" in env["available_backends"]
+        assert all(r["check"]["status"] == "ok" for r in judged if r["provider"] == "cpu")
+    # the environment is left alone and recorded
+    assert env["omp_wait_policy"] == "unset (OpenMP's default)" and env["threads_flag"] is None
+    assert env["cpu_isa"] in ("avx512_amx", "avx512", "avx2", "other")
+    # auto: every row has its path; the summary is in the JSON and on stdout
+    autos = [r for r in rows if r["provider"] == "auto"]
+    assert autos and all(r["path"] and r["path_rule"] and r["path_reason"] for r in autos)
+    summ = data["summary"]
+    assert summ["rows"] == len(autos) and summ["native_asserted"] + summ["timed"] == len(autos)
+    assert summ["verdict"] in ("PASS", "FAIL") and summ["worst"] <= summ["geomean"]
+    assert "auto vs nn.RNN: worst ×" in proc.stdout and "geometric mean ×" in proc.stdout
 
 
 def test_tiny_derived_columns_follow_their_definitions(tiny_run):
@@ -99,7 +120,14 @@ def test_tiny_derived_columns_follow_their_definitions(tiny_run):
         base = next(b for b in rows if b["provider"] == "nn.RNN" and b["mode"] == r["mode"]
                     and b["case"]["label"] == c["label"])
         assert r["speedup_vs_nn_rnn"] == pytest.approx(base["time_ms"]["median"] / ms, rel=1e-9)
-        assert r["tflops"] is None  # GPU-only column
+        assert r["tflops"] > 0 and r["floor_ratio"] > 0  # the CPU's measured peaks give a floor too
+        assert r["time_ms"]["n"] == PRESET_CONFIG["tiny"].rounds
+        if r["provider"] != "nn.RNN":
+            rr = r["ratio_rounds"]
+            assert len(rr["all"]) == PRESET_CONFIG["tiny"].rounds and rr["p20"] <= rr["median"]
+            assert r["verdict"] == ("≥ nn.RNN" if rr["median"] >= 1.0 and rr["p20"] >= 0.95 else "slower")
+    data = json.loads((out / report.JSON_NAME).read_text())
+    assert data["peaks"]["bw_TBps"] > 0 and data["peaks"]["tflops"]["fp32"] > 0
 
 
 def test_tiny_table_printed_and_written(tiny_run):
@@ -112,6 +140,13 @@ def test_tiny_table_printed_and_written(tiny_run):
     rows = json.loads((out / report.JSON_NAME).read_text())["rows"]
     assert n_rows == sum(1 for r in rows if r["status"] != "skipped")  # skipped rows are summarized in the notes
     assert "[" in proc.stderr and "/" in proc.stderr  # the progress bar went to stderr
+    # auto's reason beside each auto row: fused_rnn.explain's summary (it names the path the row took), numbered
+    autos = [r for r in rows if r["provider"] == "auto"]
+    reasons = list(dict.fromkeys((r["path"], r["path_reason"]) for r in autos))
+    assert reasons and all(why.startswith(path + ": ") for path, why in reasons)
+    for i, (path, why) in enumerate(reasons, 1):
+        assert f"\n{i}. {why}\n" in md
+        assert any(line.startswith("| T") and f"| auto → {path} [{i}] |" in line for line in md.splitlines())
 
 
 class _Perturbed(nn.Module):
@@ -187,7 +222,7 @@ def test_cli_exits_nonzero_on_a_failed_check(tmp_path, monkeypatch, capsys):
 def test_unavailable_providers_are_skipped_with_a_note(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # triton on CPU tensors only under the interpreter
     provs, notes = discover(torch.device("cpu"), ["cuda", "triton", "cuda:persistent"], with_flashrnn=True)
-    assert [p.name for p in provs] == ["nn.RNN"]  # the baseline is always kept
+    assert [p.name for p in provs] == ["nn.RNN", "auto"]  # the baseline and auto are always kept
     joined = "\n".join(notes)
     for name in ("cuda:", "triton:", "flashrnn:"):
         assert name in joined
@@ -234,8 +269,18 @@ def test_flops_and_floor_by_hand():
 
 
 def test_presets_hold_the_required_shapes():
-    quick = {(c.T, c.B, c.H) for c in preset_cases("quick", "cpu") if c.dtype == "fp32"}
-    assert {(512, 1, 128), (256, 16, 256), (128, 64, 512)} <= quick
+    grid = preset_cases("grid", "cpu")
+    assert {(c.B, c.H, c.dtype) for c in grid} == {(b, h, d) for b in (1, 4, 16, 64, 256) for h in (64, 256, 1024)
+                                                   for d in ("fp32", "bf16")}
+    assert len(grid) == 30 and all(c.modes == ("fwd", "fwd+bwd") and c.target_s == 0.2 for c in grid)
+    assert PRESET_CONFIG["grid"].rounds >= 10 and set(PRESET_CONFIG["grid"].providers) == {"auto", "cpu", "native"}
+    quick = preset_cases("quick", "cpu")
+    # a few shapes from every region of the grid, losing ones included, both dtypes, a stack and an off-grid shape
+    small = {(c.B, c.H) for c in quick if c.layers == 1 and not c.compile}
+    assert (1, 64) in small and (64, 1024) in small and (256, 256) in small
+    assert {c.dtype for c in quick} >= {"fp32", "bf16"}
+    assert any(c.layers == 2 and c.bidirectional for c in quick) and any("off-grid" in c.tags for c in quick)
+    assert PRESET_CONFIG["quick"].rounds >= 10
     full = preset_cases("full", "cuda")
     assert {c.B for c in full} == {1, 8, 16, 64, 256} and {c.H for c in full} == {256, 512, 1024, 2048}
     assert {c.dtype for c in full} >= {"fp32", "fp32-tf32", "fp16", "bf16"}
@@ -295,7 +340,7 @@ def test_tiers_are_forced_one_by_one_and_the_heuristic_pick_is_marked(monkeypatc
     monkeypatch.setenv("FUSED_RNN_CUDA_TIER", "t_one")  # the caller's setting: overridden per provider, restored
 
     provs, notes = discover(torch.device("cpu"), ["cuda"], with_flashrnn=False)
-    assert [p.name for p in provs] == ["nn.RNN", "cuda:t_one", "cuda:t_two"]
+    assert [p.name for p in provs] == ["nn.RNN", "auto", "cuda:t_one", "cuda:t_two"]
     assert any("t_three" in n and "not compiled" in n for n in notes)
 
     case = Case(T=5, B=3, H=6, modes=("fwd", "fwd+bwd"))
@@ -320,7 +365,7 @@ def test_streams_twins_only_on_cuda_and_only_for_bidirectional_cases(monkeypatch
     monkeypatch.setenv("FUSED_RNN_CONCURRENT_DIRECTIONS", "auto")
     fake.supports_device = lambda device: True  # pretend the fake tiers run on a CUDA device
     provs, _ = discover(torch.device("cuda"), ["cuda"], with_flashrnn=False)
-    assert [p.name for p in provs] == ["nn.RNN", "cuda:t_one", "cuda:t_one+streams", "cuda:t_two",
+    assert [p.name for p in provs] == ["nn.RNN", "auto", "cuda:t_one", "cuda:t_one+streams", "cuda:t_two",
                                        "cuda:t_two+streams"]
     cpu_provs, _ = discover(torch.device("cpu"), ["cuda"], with_flashrnn=False)
     assert not any(p.streams for p in cpu_provs)
@@ -404,3 +449,260 @@ def test_a_hang_ends_the_run_with_status_3_and_a_report(tmp_path):
     assert data["finished"] is False
     assert any("STALLED" in n for n in data["env"]["provider_notes"])
     assert "STALLED" in (tmp_path / report.MD_NAME).read_text()
+
+
+# ------------------------------------------------------------------ the gate: h_n, dx, each weight gradient (#26)
+
+class _GradScale(torch.autograd.Function):
+    """Identity forward; the gradient scaled by s (a backward that is wrong in one place only)."""
+
+    @staticmethod
+    def forward(ctx, t, s):
+        ctx.s = s
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.s, None
+
+
+class _ValueScale(torch.autograd.Function):
+    """Forward scaled by s; the gradient passed through unchanged (a value that is wrong in one place only)."""
+
+    @staticmethod
+    def forward(ctx, t, s):
+        return t * s
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+class _Tampered(nn.Module):
+    """A correct module (the reference backend) with exactly one thing wrong, by a relative 1e-3."""
+
+    def __init__(self, inner: nn.Module, what: str, eps: float = 1e-3) -> None:
+        super().__init__()
+        self.inner, self.what, self.s = inner, what, 1 + eps
+
+    def forward(self, x):
+        if self.what == "dx":
+            x = _GradScale.apply(x, self.s)
+        if self.what == "weight":
+            params = dict(self.inner.named_parameters())
+            params["weight_hh_l1_reverse"] = _GradScale.apply(params["weight_hh_l1_reverse"], self.s)
+            out, h = torch.func.functional_call(self.inner, params, (x,))
+        else:
+            out, h = self.inner(x)
+        if self.what == "h_n":
+            h = _ValueScale.apply(h, self.s)
+        if self.what == "h_n-grad":
+            h = h.detach() + 0.0 * h  # right values, a zero gradient through h_n
+        return out, h
+
+    def named_parameters(self, *a, **k):  # nn.RNN's names, as the bench's gradient check expects
+        return self.inner.named_parameters(*a, **k)
+
+
+class _TamperedProvider(Provider):
+    def build(self, state_dict, case, device):
+        inner = Provider("x", "fused", backend="reference").build(state_dict, case, device)
+        return _Tampered(inner, self.name)
+
+
+GATE_CASE = Case(T=5, B=3, H=6, layers=2, bidirectional=True, modes=("fwd", "fwd+bwd"))
+
+
+@pytest.mark.parametrize(("what", "caught_in"), [("h_n", {"h_n"}), ("h_n-grad", {"dx", "dW"}), ("dx", {"dx"}),
+                                                 ("weight", {"dW"})],
+                         ids=["h_n-value", "h_n-gradient-path", "dx", "one-weight-gradient"])
+def test_gate_catches_a_provider_wrong_in_one_place(what: str, caught_in: set[str]):
+    """Each provider is wrong in exactly one place; the check fails it there and nowhere else (so it is that
+    quantity, not noise, that the gate judged)."""
+    runner = Runner(torch.device("cpu"), [Provider("nn.RNN", "baseline"), _TamperedProvider(what, "fused",
+                                                                                          backend="reference")],
+                    PRESET_CONFIG["tiny"])
+    runner.run_case(GATE_CASE)
+    rows = [r for r in runner.rows if r.provider == what]
+    assert rows and all(r.status == "FAILED" and r.timing is None for r in rows)
+    c = rows[0].check
+    over = {k for k in c.errors if c.errors[k] > c.tolerances[k]}
+    assert over == caught_in, (c.errors, c.tolerances)
+
+
+def test_gate_passes_the_untampered_module():
+    runner = Runner(torch.device("cpu"), [Provider("nn.RNN", "baseline"), _TamperedProvider("none", "fused",
+                                                                                          backend="reference")],
+                    PRESET_CONFIG["tiny"])
+    runner.run_case(GATE_CASE)
+    assert all(r.status == "ok" for r in runner.rows)
+
+
+class _RefusingTier(Provider):
+    def build(self, state_dict, case, device):
+        raise ValueError(f"tier {self.tier!r} cannot take H={case.H}")
+
+
+def test_a_forced_tier_raising_value_error_is_unsupported_not_a_failure(tmp_path, monkeypatch):
+    """A forced tier that refuses the shape with ValueError is reported as unsupported (no failure, exit 0); the same
+    ValueError from a provider with no forced tier is an ERROR."""
+    runner = Runner(torch.device("cpu"), [Provider("nn.RNN", "baseline"),
+                                          _RefusingTier("cuda:t_x", "fused", backend="cuda", tier="t_x"),
+                                          _RefusingTier("plain", "fused", backend="reference")],
+                    PRESET_CONFIG["tiny"])
+    runner.run_case(Case(T=4, B=2, H=5))
+    by = {(r.provider, r.mode): r for r in runner.rows}
+    for mode in ("fwd", "fwd+bwd"):
+        assert by[("cuda:t_x", mode)].status == "unsupported" and "cannot take H=5" in by[("cuda:t_x", mode)].note
+        assert by[("plain", mode)].status == "ERROR"
+    assert {r.provider for r in report.failures(runner.rows)} == {"plain"}
+
+    import bench.providers as bp
+
+    real = bp.discover
+    monkeypatch.setattr(bp, "discover", lambda d, w, f: (real(d, w, f)[0] + [
+        _RefusingTier("cuda:t_x", "fused", backend="cuda", tier="t_x")], []))
+    assert cli.main(["--preset", "tiny", "--out", str(tmp_path), "--device", "cpu", "--backends", "reference"]) == 0
+    rows = json.loads((tmp_path / report.JSON_NAME).read_text())["rows"]
+    assert {r["status"] for r in rows if r["provider"] == "cuda:t_x"} == {"unsupported"}
+
+
+class _OffByOneUlp(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        out, h = self.inner(x)
+        return torch.nextafter(out, torch.full_like(out, 2.0)), h
+
+    def named_parameters(self, *a, **k):
+        return self.inner.named_parameters(*a, **k)
+
+
+class _NearlyNative(Provider):
+    def build(self, state_dict, case, device):
+        return _OffByOneUlp(Provider("n", "native", backend="native").build(state_dict, case, device))
+
+
+def test_native_must_equal_nn_rnn_bit_for_bit():
+    """One ulp off passes the tolerance rule but not native's bit-for-bit check; the real native passes both."""
+    runner = Runner(torch.device("cpu"), [Provider("nn.RNN", "baseline"), Provider("native", "native",
+                                                                                   backend="native"),
+                                          _NearlyNative("ulp", "native", backend="native")], PRESET_CONFIG["tiny"])
+    runner.run_case(Case(T=6, B=3, H=7, layers=2))
+    by = {(r.provider, r.mode): r for r in runner.rows}
+    for mode in ("fwd", "fwd+bwd"):
+        assert by[("native", mode)].status == "ok" and by[("native", mode)].timing is not None
+        bad = by[("ulp", mode)]
+        assert bad.status == "FAILED" and "differs from nn.RNN" in bad.note and "out" in bad.note
+        assert bad.check.worst_ratio <= 1  # the tolerance alone would have passed it
+
+
+def test_auto_rows_native_asserted_fused_timed(monkeypatch):
+    """Where auto runs native (forward here) its row is asserted, not timed; where it runs fused (training here) it
+    is timed in the interleaved rounds with per-round ratios and a verdict; the summary counts both."""
+    from fused_rnn import policy
+    from fused_rnn.backends import select
+
+    def fake(device_type, dtype, B, H, layers, directions, training, *rest):
+        if training:
+            return policy.Decision("reference", "", "test-fused", "fused for the test")
+        return policy.Decision("native", "", "test-native", "native for the test")
+
+    monkeypatch.setattr(select, "_decide_cached", fake)
+    runner = Runner(torch.device("cpu"), [Provider("nn.RNN", "baseline"), Provider("auto", "auto", backend="auto")],
+                    PRESET_CONFIG["tiny"])
+    runner.run_case(Case(T=4, B=2, H=5))
+    from bench.runner import derive
+
+    derive(runner.rows, None)
+    by = {(r.provider, r.mode): r for r in runner.rows}
+    fwd, train = by[("auto", "fwd")], by[("auto", "fwd+bwd")]
+    assert (fwd.path, fwd.path_rule, fwd.verdict, fwd.timing) == ("native", "test-native", "native", None)
+    assert train.path == "reference" and train.path_rule == "test-fused" and train.timing is not None
+    assert len(train.ratios) == PRESET_CONFIG["tiny"].rounds and train.verdict in ("≥ nn.RNN", "slower")
+    s = report.summary(runner.rows)
+    assert (s["rows"], s["native_asserted"], s["timed"]) == (2, 1, 1)
+    assert s["worst"] == pytest.approx(min(1.0, train.ratio_median))
+    assert s["geomean"] == pytest.approx((1.0 * train.ratio_median) ** 0.5)
+    md = report.markdown({"device": "cpu", "device_name": "x", "date_utc": "2026-12-01", "preset": "tiny",
+                          "torch": "t", "cuda": None, "cudnn": None, "triton": None, "python": "3",
+                          "cpu_threads": 2, "git_commit": None, "git_dirty": False, "available_backends": []},
+                         runner.rows, None, [])
+    assert "auto → native" in md and "=1 (native)" in md and "native for the test" in md
+
+
+def test_summary_and_verdict_rule():
+    from bench.runner import Row, verdict
+
+    assert verdict([1.0] * 10)[2] == "≥ nn.RNN"
+    assert verdict([1.2] * 7 + [0.5] * 3)[2] == "slower"       # p20 drops below 0.95
+    assert verdict([0.99] * 10)[2] == "slower"                 # median below 1.0
+    assert verdict([0.96] * 2 + [1.1] * 8)[2] == "≥ nn.RNN"
+    c = Case(T=4, B=2, H=5)
+    rows = [Row(c, "fwd", "auto", "ok", verdict="native"),
+            Row(c, "fwd+bwd", "auto", "ok", ratio_median=4.0, ratio_p20=3.0, verdict="≥ nn.RNN"),
+            Row(Case(T=4, B=3, H=5), "fwd", "auto", "ok", ratio_median=0.5, ratio_p20=0.4, verdict="slower"),
+            Row(c, "fwd", "cpu", "ok", ratio_median=0.1, ratio_p20=0.1, verdict="slower")]  # not auto: not counted
+    s = report.summary(rows)
+    assert (s["worst"], s["rows"], s["verdict"]) == (0.5, 3, "FAIL")
+    assert s["geomean"] == pytest.approx((1.0 * 4.0 * 0.5) ** (1 / 3))
+    assert "T4 B3 H5 fp32 fwd" in s["failing"][0]
+    line = report.summary_line(s)
+    assert line.startswith("auto vs nn.RNN: worst ×0.50, geometric mean ×1.26 over 3 rows") and "FAIL" in line
+    assert report.summary(rows[:2])["verdict"] == "PASS"
+
+
+def test_interleaved_timing_rotates_repeats_and_drops_a_failure():
+    calls: list[str] = []
+
+    def make(name, fail_at=None):
+        def fn():
+            calls.append(name)
+            if fail_at is not None and calls.count(name) >= fail_at:
+                raise RuntimeError("boom")
+        return fn
+
+    import contextlib
+
+    entered = []
+
+    @contextlib.contextmanager
+    def ctx():
+        entered.append(1)
+        yield
+
+    fns = {"a": make("a"), "b": make("b"), "c": make("c", fail_at=4)}
+    samples, errors = bench_timing.time_interleaved(fns, rounds=3, min_sample_s=0.0, device=torch.device("cpu"),
+                                                    contexts={"a": ctx})
+    assert errors == {"c": "RuntimeError: boom"}
+    # min_sample_s=0: one warm-up call each, one call per sample; round r starts at the r-th function; c raises on
+    # its 4th call (round 3) and is dropped, the others finish their rounds
+    assert calls == ["a", "b", "c"] + ["a", "b", "c"] + ["b", "c", "a"] + ["c", "a", "b"]
+    assert len(samples["a"]) == len(samples["b"]) == 3 and len(samples["c"]) == 2
+    assert len(entered) == 1 + 3  # a's context around its warm-up and each of its samples
+    # a slow-enough sample repeats a fast call
+    calls.clear()
+    samples, _ = bench_timing.time_interleaved({"a": make("a")}, rounds=2, min_sample_s=0.05,
+                                               device=torch.device("cpu"))
+    assert len(samples["a"]) == 2 and len(calls) > 4
+
+
+def test_calibrate_sizes_T_from_nn_rnn():
+    runner = Runner(torch.device("cpu"), [Provider("nn.RNN", "baseline")], PRESET_CONFIG["tiny"])
+    c = Case(T=16, B=2, H=8, target_s=1e-9, check_T=4)
+    got = runner.calibrate(c)
+    assert got.T == 8 and got.key == c.key and got.check_T == 4  # clamped at the smallest T
+    assert runner.calibrate(Case(T=16, B=2, H=8)).T == 16  # no target: unchanged
+
+
+def test_flags_set_threads_and_omp_wait_policy(tmp_path):
+    """Only on request: --threads and --omp-wait-policy are applied (OMP before torch loads) and recorded."""
+    proc = _run_cli(["--preset", "tiny", "--out", str(tmp_path), "--device", "cpu", "--backends", "nn.RNN",
+                     "--threads", "1", "--omp-wait-policy", "PASSIVE"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    env = json.loads((tmp_path / report.JSON_NAME).read_text())["env"]
+    assert env["cpu_threads"] == 1 and env["threads_flag"] == 1
+    assert env["omp_wait_policy"] == "PASSIVE" and env["omp_wait_policy_flag"] == "PASSIVE"
+    assert any("set by --omp-wait-policy before torch loaded" in n for n in env["provider_notes"])

@@ -9,6 +9,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <string>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -16,6 +18,7 @@
 
 #include <c10/cuda/CUDAException.h>
 
+#include "dispatch_log.h"
 #include "elman_launch.h"
 
 namespace fused_rnn {
@@ -443,6 +446,12 @@ bool launch_tile(const Params& p, int smem_limit, cudaStream_t stream) {
   const unsigned grid = static_cast<unsigned>((p.B + BT - 1) / BT);
   kernel<<<grid, c.NJ * c.G, smem, stream>>>(p, c);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (dispatch_log::enabled()) {
+    char buf[160];
+    std::snprintf(buf, sizeof(buf), "ctas=%u bt=%d threads=%d lanes_per_column=%d smem=%d", grid, BT, c.NJ * c.G, c.G,
+                  smem);
+    dispatch_log::note_detail(buf);
+  }
   return true;
 }
 
@@ -462,7 +471,14 @@ bool batch_tiled(const Params& p, cudaStream_t stream) {
   while (want < MaxBT && (p.B + want - 1) / want > sms) want *= 2;
   if (want >= 4 && launch_tile<T, Acc, JV, (MaxBT >= 4 ? 4 : 1), Fwd>(p, smem_limit, stream)) return true;
   if (want >= 2 && launch_tile<T, Acc, JV, 2, Fwd>(p, smem_limit, stream)) return true;
-  return launch_tile<T, Acc, JV, 1, Fwd>(p, smem_limit, stream);
+  if (launch_tile<T, Acc, JV, 1, Fwd>(p, smem_limit, stream)) return true;
+  char buf[160];
+  std::snprintf(buf, sizeof(buf),
+                "batch_tiled: w_hh [%d, %d] (%d-byte elements) and the state do not fit in the device's %d B of "
+                "shared memory per block",
+                p.H, p.H, static_cast<int>(sizeof(T)), smem_limit);
+  dispatch_log::note_refusal(buf);
+  return false;
 }
 
 #endif  // FUSED_RNN_EMULATE
@@ -472,7 +488,7 @@ bool batch_tiled(const Params& p, cudaStream_t stream) {
 // ------------------------------------------------------------------------------------------------------------------
 
 template <typename T, typename Acc>
-__global__ void fallback_fwd_step_kernel(ElmanFwdParams p, int s, Acc* __restrict__ S, const Acc* __restrict__ G) {
+__global__ void fallback_fwd_step_kernel(ElmanFwdParams p, int s, T* __restrict__ S, const Acc* __restrict__ G) {
   const int64_t n = static_cast<int64_t>(p.B) * p.H;
   const T* __restrict__ P = static_cast<const T*>(p.P);
   T* __restrict__ Y = static_cast<T*>(p.Y);
@@ -485,7 +501,7 @@ __global__ void fallback_fwd_step_kernel(ElmanFwdParams p, int s, Acc* __restric
       const int64_t off = static_cast<int64_t>(t) * n + idx;
       const T hs = to_store<T>(activation(to_acc<Acc>(P[off]) + G[idx], p.act));
       Y[off] = hs;
-      S[idx] = to_acc<Acc>(hs);
+      S[idx] = hs;  // the next step's GEMM input: the stored (rounded) state, in the storage dtype
     } else {
       Y[static_cast<int64_t>(s) * n + idx] = to_store<T>(Acc(0));
     }
@@ -517,13 +533,13 @@ __global__ void fallback_bwd_step_kernel(ElmanBwdParams p, int s, const Acc* __r
   }
 }
 
-template <typename T, typename Acc>
-__global__ void fallback_fwd_finish_kernel(ElmanFwdParams p, const Acc* __restrict__ S) {
+template <typename T>
+__global__ void fallback_fwd_finish_kernel(ElmanFwdParams p, const T* __restrict__ S) {
   const int64_t n = static_cast<int64_t>(p.B) * p.H;
   T* __restrict__ hn = static_cast<T*>(p.h_n);
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    hn[idx] = to_store<T>(S[idx]);
+    hn[idx] = S[idx];
 }
 
 template <typename T, typename Acc>
@@ -560,7 +576,7 @@ inline unsigned pointwise_grid(int64_t n) {
     using T = detail::Types<D>::T;                                                                           \
     using Acc = detail::Types<D>::Acc;                                                                       \
     detail::fallback_fwd_step_kernel<T, Acc><<<detail::pointwise_grid(int64_t(p.B) * p.H), 256, 0, stream>>>( \
-        p, s, static_cast<Acc*>(S), static_cast<const Acc*>(G));                                             \
+        p, s, static_cast<T*>(S), static_cast<const Acc*>(G));                                               \
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                          \
   }                                                                                                          \
   template <>                                                                                                \
@@ -574,9 +590,8 @@ inline unsigned pointwise_grid(int64_t n) {
   template <>                                                                                                \
   void fallback_fwd_finish<D>(const ElmanFwdParams& p, const void* S, cudaStream_t stream) {                \
     using T = detail::Types<D>::T;                                                                           \
-    using Acc = detail::Types<D>::Acc;                                                                       \
-    detail::fallback_fwd_finish_kernel<T, Acc><<<detail::pointwise_grid(int64_t(p.B) * p.H), 256, 0, stream>>>( \
-        p, static_cast<const Acc*>(S));                                                                      \
+    detail::fallback_fwd_finish_kernel<T><<<detail::pointwise_grid(int64_t(p.B) * p.H), 256, 0, stream>>>(   \
+        p, static_cast<const T*>(S));                                                                        \
     C10_CUDA_KERNEL_LAUNCH_CHECK();                                                                          \
   }                                                                                                          \
   template <>                                                                                                \

@@ -24,16 +24,18 @@ template <DType D>
 bool batch_tiled_bwd(const ElmanBwdParams& p, cudaStream_t stream);
 
 // fallback, one time step s (0 <= s < T) after the host ran the step's GEMM (cuBLAS):
-//   forward:  G [B, H] = S @ w_hhᵀ (acc dtype);  this kernel: h = f(P_t + G) rounded, Y_t = h, S <- h (valid rows),
-//             Y_s = 0 at padded rows. S [B, H] acc dtype (fp32, fp64 for fp64) holds the carried state.
+//   forward:  G [B, H] = S @ w_hhᵀ (acc dtype: fp32, fp64 for fp64; from a 16-bit GEMM with fp32 accumulation and
+//             output for fp16/bf16);  this kernel: h = f(P_t + G) rounded, Y_t = h, S <- h (valid rows), Y_s = 0 at
+//             padded rows. S [B, H] holds the carried state in the STORAGE dtype: the rounded state is what the
+//             next step consumes (docs/design.md), so it is exact there and is the 16-bit GEMM's input.
 //   backward: G [B, H] = D @ w_hh from step s+1 (unused when s == T-1); this kernel: carry = G or dh_n, g = dY_t +
-//             carry, D <- f'(Y_t) * g (0 at padded rows), dA_t = D rounded, dA_s = 0 at padded rows.
-// `acc` points to fp32 buffers (fp64 when D == F64).
+//             carry, D <- f'(Y_t) * g (0 at padded rows), dA_t = D rounded, dA_s = 0 at padded rows. D [B, H] is
+//             the fp32 (fp64) carry: the carried gradient stays fp32 (docs/design.md).
 template <DType D>
 void fallback_fwd_step(const ElmanFwdParams& p, int s, void* S, const void* G, cudaStream_t stream);
 template <DType D>
 void fallback_bwd_step(const ElmanBwdParams& p, int s, const void* G, void* Dbuf, cudaStream_t stream);
-// After the last step: forward h_n [B, H] = S rounded; backward dh0 [B, H] = (L_b > 0 ? G : dh_n) rounded.
+// After the last step: forward h_n [B, H] = S; backward dh0 [B, H] = (L_b > 0 ? G : dh_n) rounded.
 template <DType D>
 void fallback_fwd_finish(const ElmanFwdParams& p, const void* S, cudaStream_t stream);
 template <DType D>

@@ -1,6 +1,7 @@
 // Entry points of the persistent hidden-partitioned tiers (persistent.h) and the cooperative-grid instantiations.
 // The kernels and launchers are in persistent_kernel.cuh; the cluster instantiations in persistent_cluster.cu (two
-// translation units so the 2-core CI compiles them in parallel). ATen appears only through persistent.h's types.
+// translation units so the 2-core CI compiles them in parallel; nothing here may name a cluster kernel, or this unit
+// would compile its device code a second time). ATen appears only through persistent.h's types.
 #include "persistent.h"
 
 #include "persistent_kernel.cuh"
@@ -9,11 +10,15 @@ namespace fused_rnn {
 namespace cuda {
 namespace persistent_detail {
 
-#define FUSED_RNN_PERSISTENT_INSTANTIATE(T, BT)                                    \
-  template bool launch_coop<T, BT, false>(Args<T>, cudaStream_t, int);             \
-  template bool launch_coop<T, BT, true>(Args<T>, cudaStream_t, int);              \
-  extern template bool launch_cluster<T, BT, false>(Args<T>, cudaStream_t, int);   \
-  extern template bool launch_cluster<T, BT, true>(Args<T>, cudaStream_t, int);
+#define FUSED_RNN_PERSISTENT_INSTANTIATE(T, BT)                                                  \
+  template bool launch_coop<T, BT, false>(Args<T>, cudaStream_t, int);                           \
+  template bool launch_coop<T, BT, true>(Args<T>, cudaStream_t, int);                            \
+  extern template bool launch_cluster<T, BT, false>(Args<T>, cudaStream_t, int);                 \
+  extern template bool launch_cluster<T, BT, true>(Args<T>, cudaStream_t, int);                  \
+  extern template int cluster_occupancy<T, BT, false>(int, int, size_t);                         \
+  extern template int cluster_occupancy<T, BT, true>(int, int, size_t);                          \
+  extern template bool launch_cluster_plan<T, BT, false>(Args<T>, cudaStream_t, const plan::ClusterPlan&); \
+  extern template bool launch_cluster_plan<T, BT, true>(Args<T>, cudaStream_t, const plan::ClusterPlan&);
 FUSED_RNN_PERSISTENT_INSTANTIATE(float, 1)
 FUSED_RNN_PERSISTENT_INSTANTIATE(float, 4)
 FUSED_RNN_PERSISTENT_INSTANTIATE(float, 8)
@@ -24,43 +29,59 @@ FUSED_RNN_PERSISTENT_INSTANTIATE(__nv_bfloat16, 1)
 FUSED_RNN_PERSISTENT_INSTANTIATE(__nv_bfloat16, 4)
 FUSED_RNN_PERSISTENT_INSTANTIATE(__nv_bfloat16, 8)
 #undef FUSED_RNN_PERSISTENT_INSTANTIATE
+extern template std::string cluster_refusal<float, false>();
+extern template std::string cluster_refusal<float, true>();
+extern template std::string cluster_refusal<__half, false>();
+extern template std::string cluster_refusal<__half, true>();
+extern template std::string cluster_refusal<__nv_bfloat16, false>();
+extern template std::string cluster_refusal<__nv_bfloat16, true>();
 
 namespace {
 
-template <typename T, int BT, bool kBwd>
-bool launch(const Args<T>& a, bool use_cluster, cudaStream_t stream) {
-  return use_cluster ? launch_cluster<T, BT, kBwd>(a, stream, 0) : launch_coop<T, BT, kBwd>(a, stream, 0);
-}
-
-// Cluster tier: the smallest batch tile whose clusters (about min(16, H/kRows) CTAs each) all fit on the device
-// at once, so that a small batch spreads over more SMs (B=16, H=1024 bf16: 4 clusters of 16 CTAs instead of 2,
-// 10.0 -> 6.5 us/step forward, H200, 2026-11-27). Clusters are independent, so more of them than fit only run in
-// waves -- correct, just slower.
-int pick_bt_cluster(int B, int H) {
-  int dev = 0, sms = 0;
+// Cluster tier: the plan (cluster size, batch tile) from the CUDA runtime's occupancy answer for each candidate
+// (cluster_plan.h says why the SM count is the wrong input), then one launch of the chosen <T, BT> kernel.
+template <typename T, bool kBwd>
+bool launch_cluster_any(const Args<T>& a, cudaStream_t stream) {
+  const std::string why = cluster_refusal<T, kBwd>();
+  if (!why.empty()) return refuse_arch(why);
+  int dev = 0, optin = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return pick_bt(B);
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    return refuse("cluster: device query failed");
+  const auto occ = [&](int c, int bt, size_t smem) {
+    const int tiles = ceil_div(a.B, bt);
+    switch (bt) {
+      case 1:
+        return cluster_occupancy<T, 1, kBwd>(c, tiles, smem);
+      case 4:
+        return cluster_occupancy<T, 4, kBwd>(c, tiles, smem);
+      default:
+        return cluster_occupancy<T, 8, kBwd>(c, tiles, smem);
+    }
+  };
+  const int elem = static_cast<int>(sizeof(T));
+  const auto p = plan::plan_cluster(a.B, a.H, elem, static_cast<size_t>(optin), 0, 0, occ);
+  if (p.cluster == 0) return refuse(cluster_no_plan(a.B, a.H, elem, optin));
+  switch (p.bt) {
+    case 1:
+      return launch_cluster_plan<T, 1, kBwd>(a, stream, p);
+    case 4:
+      return launch_cluster_plan<T, 4, kBwd>(a, stream, p);
+    default:
+      return launch_cluster_plan<T, 8, kBwd>(a, stream, p);
   }
-  const int c = H < 16 * kRows ? ceil_div(H, kRows) : 16;
-  const int bt_max = pick_bt(B);
-  for (int bt : {1, 4, 8}) {
-    if (bt > bt_max) break;
-    if (static_cast<long long>(ceil_div(B, bt)) * c <= sms) return bt;
-  }
-  return bt_max;
 }
 
 template <typename T, bool kBwd>
 bool launch_any_bt(const Args<T>& a, bool use_cluster, cudaStream_t stream) {
-  switch (use_cluster ? pick_bt_cluster(a.B, a.H) : pick_bt(a.B)) {
+  if (use_cluster) return launch_cluster_any<T, kBwd>(a, stream);
+  switch (pick_bt(a.B)) {
     case 1:
-      return launch<T, 1, kBwd>(a, use_cluster, stream);
+      return launch_coop<T, 1, kBwd>(a, stream, 0);
     case 4:
-      return launch<T, 4, kBwd>(a, use_cluster, stream);
+      return launch_coop<T, 4, kBwd>(a, stream, 0);
     default:
-      return launch<T, 8, kBwd>(a, use_cluster, stream);
+      return launch_coop<T, 8, kBwd>(a, stream, 0);
   }
 }
 
@@ -102,6 +123,14 @@ bool bwd_typed(const ElmanBwdParams& p, bool use_cluster, cudaStream_t stream) {
   return launch_any_bt<T, true>(a, use_cluster, stream);
 }
 
+// Whether the tier may try this call at all (else refused, with the reason noted).
+bool admissible(const char* tier, int T, int B, int H, int act, at::ScalarType dtype) {
+  if (!shape_ok(T, B, H)) return refuse(fmt("%s: empty shape T=%d B=%d H=%d", tier, T, B, H));
+  if (act != 0 && act != 1) return refuse(fmt("%s: unknown activation %d", tier, act));
+  if (dtype == at::ScalarType::Double) return refuse(fmt("%s: fp64 is not implemented in this tier", tier));
+  return true;
+}
+
 }  // namespace
 }  // namespace persistent_detail
 
@@ -109,7 +138,7 @@ bool bwd_typed(const ElmanBwdParams& p, bool use_cluster, cudaStream_t stream) {
 // implemented here (returns false: the dispatcher's fallback handles it).
 bool elman_fwd_persistent(const ElmanFwdParams& p, at::ScalarType dtype, bool use_cluster, cudaStream_t stream) {
   using namespace persistent_detail;
-  if (!shape_ok(p.T, p.B, p.H) || (p.act != 0 && p.act != 1)) return false;
+  if (!admissible(use_cluster ? "cluster" : "persistent", p.T, p.B, p.H, p.act, dtype)) return false;
   switch (dtype) {
     case at::ScalarType::Float:
       return fwd_typed<float>(p, use_cluster, stream);
@@ -118,13 +147,13 @@ bool elman_fwd_persistent(const ElmanFwdParams& p, at::ScalarType dtype, bool us
     case at::ScalarType::BFloat16:
       return fwd_typed<__nv_bfloat16>(p, use_cluster, stream);
     default:
-      return false;
+      return refuse("persistent tiers: unsupported dtype");
   }
 }
 
 bool elman_bwd_persistent(const ElmanBwdParams& p, at::ScalarType dtype, bool use_cluster, cudaStream_t stream) {
   using namespace persistent_detail;
-  if (!shape_ok(p.T, p.B, p.H) || (p.act != 0 && p.act != 1)) return false;
+  if (!admissible(use_cluster ? "cluster" : "persistent", p.T, p.B, p.H, p.act, dtype)) return false;
   switch (dtype) {
     case at::ScalarType::Float:
       return bwd_typed<float>(p, use_cluster, stream);
@@ -133,7 +162,7 @@ bool elman_bwd_persistent(const ElmanBwdParams& p, at::ScalarType dtype, bool us
     case at::ScalarType::BFloat16:
       return bwd_typed<__nv_bfloat16>(p, use_cluster, stream);
     default:
-      return false;
+      return refuse("persistent tiers: unsupported dtype");
   }
 }
 

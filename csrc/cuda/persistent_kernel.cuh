@@ -21,10 +21,20 @@
 
 #include <cstdint>
 
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include "arch.h"
+#include "cluster_plan.h"
+#include "dispatch_log.h"
 
 namespace fused_rnn {
 namespace cuda {
@@ -34,7 +44,7 @@ namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256;  // 8 warps per CTA
 constexpr int kWarps = kThreads / 32;
-constexpr int kRows = 4;  // hidden rows per warp pass: kRows * BT accumulators, kRows * BT <= 32 (one lane each)
+constexpr int kRows = plan::kRows;  // hidden rows per warp pass: kRows * BT accumulators, kRows * BT <= 32 (one lane each)
 constexpr int kStageU = 4;  // staged elements per thread and row in flight at once (persistent tier)
 
 // Everything a kernel needs, by value (a cooperative launch passes kernel arguments as an array of pointers).
@@ -333,7 +343,7 @@ __global__ void __launch_bounds__(kThreads, 1) elman_coop_kernel(const Args<T> a
 // carry ping-pong; every CTA holds the whole tile's vector).
 template <typename T, int BT, bool kBwd>
 __global__ void __launch_bounds__(kThreads, 1) elman_cluster_kernel(const Args<T> a) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(FUSED_RNN_DEVICE_CLUSTERS)  // arch.h: sm_90 and newer (clusters, DSMEM, cluster barriers)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* Ws = reinterpret_cast<T*>(smem_raw);
   float* S = reinterpret_cast<float*>(smem_raw + ((static_cast<size_t>(a.HS) * a.H * sizeof(T) + 15) / 16) * 16);
@@ -384,7 +394,7 @@ __global__ void __launch_bounds__(kThreads, 1) elman_cluster_kernel(const Args<T
     cluster.sync();
   }
 #else
-  // Never launched below sm_90: the host side checks the device and the binary's architecture first.
+  // Never launched below sm_90: the host side (cluster_refusal) checks the device and the binary's architecture first.
   __trap();
 #endif
 }
@@ -395,22 +405,20 @@ __global__ void __launch_bounds__(kThreads, 1) elman_cluster_kernel(const Args<T
 
 // ===============================================================================================================
 // Host launchers. Each returns false -- having launched nothing and leaving no CUDA error pending -- when the shape
-// cannot run (shared memory, co-residency, architecture); the dispatcher then runs `fallback`.
+// cannot run (shared memory, co-residency, architecture), after noting why (dispatch_log::note_refusal); the
+// dispatcher then runs `fallback`, and the tier record (dispatch_log.h) carries the reason.
 namespace fused_rnn {
 namespace cuda {
 namespace persistent_detail {
 
-inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
-inline size_t align16(size_t x) { return (x + 15) / 16 * 16; }
-
-// Batch-tile rows: compile-time so the kRows x BT accumulators stay in registers. B = 2..4 share the BT = 4 variant
-// (a few idle rows are cheaper than three more instantiations); B > 8 runs several tiles.
-inline int pick_bt(int B) { return B <= 1 ? 1 : (B <= 4 ? 4 : 8); }
+using plan::align16;
+using plan::ceil_div;
+using plan::pick_bt;  // batch-tile rows: compile-time so the kRows x BT accumulators stay in registers
 
 // Shared memory of one CTA: the weight slice [HS][H] in the storage dtype, then `slots` fp32 [BT][H] state tiles.
 template <typename T>
 inline size_t smem_bytes(int HS, int H, int BT, int slots) {
-  return align16(static_cast<size_t>(HS) * H * sizeof(T)) + static_cast<size_t>(slots) * BT * H * sizeof(float);
+  return plan::smem_bytes(HS, H, BT, slots, static_cast<int>(sizeof(T)));
 }
 
 // Clears the sticky-free "last error" a failed query or launch left behind, so that the dispatcher's own launch
@@ -419,17 +427,35 @@ inline bool refuse() {
   (void)cudaGetLastError();
   return false;
 }
+inline bool refuse(const std::string& why) {
+  dispatch_log::note_refusal(why);
+  return refuse();
+}
+// A refusal because this GPU (or the build's arch list) cannot run the tier at all: the dispatcher warns once.
+inline bool refuse_arch(const std::string& why) {
+  dispatch_log::note_refusal(why, true);
+  return refuse();
+}
+
+template <typename... Xs>
+inline std::string fmt(const char* f, Xs... args) {
+  char buf[512];
+  std::snprintf(buf, sizeof(buf), f, args...);
+  return buf;
+}
+inline std::string cuda_err(const char* what, cudaError_t e) { return std::string(what) + ": " + cudaGetErrorString(e); }
 
 // Cooperative grid. force_blocks > 0 (tests only) asks for that many CTAs instead of one per SM at most.
 template <typename T, int BT, bool kBwd>
 bool launch_coop(Args<T> a, cudaStream_t stream, int force_blocks = 0) {
   int dev = 0, sms = 0, optin = 0, coop = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return refuse();
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess)
-    return refuse();
-  if (!coop || sms <= 0) return false;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return refuse(cuda_err("persistent: cudaGetDevice", e));
+  if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess ||
+      (e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess ||
+      (e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev)) != cudaSuccess)
+    return refuse(cuda_err("persistent: cudaDeviceGetAttribute", e));
+  if (!coop || sms <= 0) return refuse("persistent: the device does not support cooperative launches");
   // At most one CTA per SM by default: the fewest rows per CTA (shortest per-step matvec) without making the grid
   // barrier wait on CTAs that share an SM. Measured on an H200 (2026-11-27), T=1024 fp32 forward, one CTA per SM
   // vs 32 rows per CTA (all 8 warps busy, fewer CTAs): 8.4 vs 11.0 us/step at B=16, H=1024; 2.42 vs 2.76 at B=1.
@@ -438,86 +464,173 @@ bool launch_coop(Args<T> a, cudaStream_t stream, int force_blocks = 0) {
   const int nblk = force_blocks > 0 ? force_blocks : ceil_div(a.H, HS);
   if (force_blocks > 0) HS = ceil_div(ceil_div(a.H, nblk), kRows) * kRows;
   const size_t smem = smem_bytes<T>(HS, a.H, BT, 1);
-  if (smem > static_cast<size_t>(optin)) return false;
+  if (smem > static_cast<size_t>(optin))
+    return refuse(fmt("persistent: %zu B of shared memory per CTA (%d rows of w_hh, H=%d, batch tile %d) > the "
+                      "device's opt-in limit of %d B",
+                      smem, HS, a.H, BT, optin));
   auto kern = elman_coop_kernel<T, BT, kBwd>;
-  if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) != cudaSuccess)
-    return refuse();
+  if ((e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem))) !=
+      cudaSuccess)
+    return refuse(cuda_err("persistent: cudaFuncSetAttribute", e));
   int per_sm = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kThreads, smem) != cudaSuccess) return refuse();
+  if ((e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kThreads, smem)) != cudaSuccess)
+    return refuse(cuda_err("persistent: cudaOccupancyMaxActiveBlocksPerMultiprocessor", e));
   // Co-residency is checked, not assumed: every CTA must be resident at once or grid.sync() could never complete.
-  if (static_cast<long long>(per_sm) * sms < nblk) return false;
+  if (static_cast<long long>(per_sm) * sms < nblk)
+    return refuse(fmt("persistent: a grid of %d CTAs cannot be co-resident (%d per SM x %d SMs)", nblk, per_sm, sms));
   a.HS = HS;
   if constexpr (kBwd) {
     // fp32 carry exchange [2, B, H]; stream-ordered so it is valid for this launch and freed after it.
-    if (cudaMallocAsync(reinterpret_cast<void**>(&a.xbuf), sizeof(float) * 2 * static_cast<size_t>(a.B) * a.H,
-                        stream) != cudaSuccess)
-      return refuse();
+    if ((e = cudaMallocAsync(reinterpret_cast<void**>(&a.xbuf), sizeof(float) * 2 * static_cast<size_t>(a.B) * a.H,
+                             stream)) != cudaSuccess)
+      return refuse(cuda_err("persistent: cudaMallocAsync", e));
   }
   void* args[] = {&a};
   // cudaLaunchCooperativeKernel refuses (launching nothing) a grid that cannot be co-resident right now.
   const cudaError_t err =
       cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kern), dim3(nblk), dim3(kThreads), args, smem, stream);
   if constexpr (kBwd) (void)cudaFreeAsync(a.xbuf, stream);
-  if (err != cudaSuccess) return refuse();
+  if (err != cudaSuccess) return refuse(cuda_err("persistent: cudaLaunchCooperativeKernel", err));
+  if (dispatch_log::enabled())
+    dispatch_log::note_detail(fmt("ctas=%d hs=%d bt=%d smem=%zu per_sm=%d sms=%d", nblk, HS, BT, smem, per_sm, sms));
   return true;
 }
 
-// Hopper cluster. force_blocks > 0 (tests only) asks for that cluster size.
-template <typename T, int BT, bool kBwd>
-bool launch_cluster(Args<T> a, cudaStream_t stream, int force_blocks = 0) {
-  int dev = 0, major = 0, optin = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return refuse();
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
-    return refuse();
-  if (major < 9) return false;
-  auto kern = elman_cluster_kernel<T, BT, kBwd>;
+// Why the cluster kernels cannot run on the current device ("" when they can): clusters need compute capability
+// 9.0+, and a binary with sm_90+ code for the kernels (an older arch's build holds the __trap() stubs of the
+// FUSED_RNN_DEVICE_CLUSTERS guard; a build with no image for this device has nothing to run).
+template <typename T, bool kBwd>
+std::string cluster_refusal() {
+  int dev = 0, major = 0, minor = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  if (e != cudaSuccess) {
+    refuse();
+    return cuda_err("cluster: device query", e);
+  }
+  if (major < 9)
+    return fmt("cluster: thread-block clusters need compute capability 9.0 or newer; this device is %d.%d", major,
+               minor);
   cudaFuncAttributes fa{};
-  if (cudaFuncGetAttributes(&fa, kern) != cudaSuccess) return refuse();
-  if (fa.binaryVersion < 90) return false;  // built without sm_90 code: the body would be the __trap() stub
-  const int ntiles = ceil_div(a.B, BT);
-  if (ntiles > 65535) return false;
-  // Largest cluster first (16 needs the non-portable opt-in): the per-step matvec shrinks with the CTA count while
-  // each CTA's DSMEM pushes (HS*BT*nblk = H*BT stores) do not grow. Measured on an H200 (2026-11-27), T=1024 fp32
-  // forward: 16 vs 8 CTAs = 2.95 vs 6.41 us/step at B=16, H=512; 1.30 vs 1.41 at B=1, H=256.
-  const int c_max = force_blocks > 0 ? force_blocks : (a.H < 16 * kRows ? ceil_div(a.H, kRows) : 16);
-  for (int c = c_max; c >= 1; --c) {
-    const int HS = ceil_div(ceil_div(a.H, c), kRows) * kRows;
-    const int nblk = ceil_div(a.H, HS);
-    if (nblk != c) continue;  // the same split as a smaller cluster: try that one instead
-    const size_t smem = smem_bytes<T>(HS, a.H, BT, 2);
-    if (smem > static_cast<size_t>(optin)) break;  // smaller clusters need even more per CTA
-    if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
-        cudaSuccess)
-      return refuse();
-    if (nblk > 8 && cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
-      (void)cudaGetLastError();
-      continue;
-    }
+  if ((e = cudaFuncGetAttributes(&fa, elman_cluster_kernel<T, 1, kBwd>)) != cudaSuccess) {
+    refuse();
+    return fmt("cluster: no kernel image for this device (compute capability %d.%d; built for %s): %s", major, minor,
+               arch::built_archs(), cudaGetErrorString(e));
+  }
+  if (fa.binaryVersion < 90)
+    return fmt("cluster: this build has no sm_90+ code for the cluster kernels (the device runs sm_%d code; built "
+               "for %s)",
+               fa.binaryVersion, arch::built_archs());
+  return "";
+}
+
+// Clusters of `cluster` CTAs of the <T, BT, kBwd> kernel with `smem` bytes each that the device holds at once, for a
+// grid of `tiles` clusters (cudaOccupancyMaxActiveClusters; 0 when that size cannot be scheduled or the query
+// fails). Cached per (device, cluster, smem): the answer is a property of the device and the kernel.
+template <typename T, int BT, bool kBwd>
+int cluster_occupancy(int cluster, int tiles, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, int, size_t>, int> cache;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    refuse();
+    return 0;
+  }
+  const auto key = std::make_tuple(dev, cluster, smem);
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  auto kern = elman_cluster_kernel<T, BT, kBwd>;
+  int n = 0;
+  if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
+          cudaSuccess ||
+      (cluster > 8 && cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)) {
+    refuse();
+  } else {
     cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(nblk, ntiles, 1);
+    cfg.gridDim = dim3(cluster, tiles, 1);
     cfg.blockDim = dim3(kThreads, 1, 1);
     cfg.dynamicSmemBytes = smem;
-    cfg.stream = stream;
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = nblk;
+    attr[0].val.clusterDim.x = cluster;
     attr[0].val.clusterDim.y = 1;
     attr[0].val.clusterDim.z = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    int clusters = 0;
-    // A cluster is co-scheduled as a unit by the hardware; this checks that one fits on the device at all.
-    if (cudaOccupancyMaxActiveClusters(&clusters, kern, &cfg) != cudaSuccess || clusters < 1) {
-      (void)cudaGetLastError();
-      if (force_blocks > 0) return false;
-      continue;
+    if (cudaOccupancyMaxActiveClusters(&n, kern, &cfg) != cudaSuccess) {
+      refuse();
+      n = 0;
     }
-    a.HS = HS;
-    if (cudaLaunchKernelEx(&cfg, kern, a) != cudaSuccess) return refuse();
-    return true;
   }
-  return false;
+  std::lock_guard<std::mutex> lk(mu);
+  cache[key] = n;
+  return n;
+}
+
+// Launches exactly plan `p` (cluster_plan.h) of the <T, BT, kBwd> cluster kernel: grid (p.cluster, p.tiles), one
+// cluster per batch tile. A cluster is co-scheduled as a unit by the hardware, so no inter-CTA wait can deadlock.
+template <typename T, int BT, bool kBwd>
+bool launch_cluster_plan(Args<T> a, cudaStream_t stream, const plan::ClusterPlan& p) {
+  auto kern = elman_cluster_kernel<T, BT, kBwd>;
+  cudaError_t e;
+  if ((e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.smem))) !=
+      cudaSuccess)
+    return refuse(cuda_err("cluster: cudaFuncSetAttribute", e));
+  if (p.cluster > 8 &&
+      (e = cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1)) != cudaSuccess)
+    return refuse(cuda_err("cluster: non-portable cluster size", e));
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(p.cluster, p.tiles, 1);
+  cfg.blockDim = dim3(kThreads, 1, 1);
+  cfg.dynamicSmemBytes = p.smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = p.cluster;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  a.HS = p.hs;
+  if ((e = cudaLaunchKernelEx(&cfg, kern, a)) != cudaSuccess) return refuse(cuda_err("cluster: cudaLaunchKernelEx", e));
+  if (dispatch_log::enabled())
+    dispatch_log::note_detail(fmt("cluster=%d hs=%d bt=%d tiles=%d active=%d waves=%d smem=%zu", p.cluster, p.hs,
+                                  p.bt, p.tiles, p.active, p.waves, p.smem));
+  return true;
+}
+
+// Why plan_cluster found nothing for B x H (after cluster_refusal passed).
+inline std::string cluster_no_plan(int B, int H, int elem, size_t optin) {
+  const int c = H < plan::kMaxCluster * kRows ? ceil_div(H, kRows) : plan::kMaxCluster;
+  const int hs = ceil_div(ceil_div(H, c), kRows) * kRows;
+  const size_t least = plan::smem_bytes(hs, H, 1, 2, elem);
+  if (least > optin)
+    return fmt("cluster: H=%d needs %zu B of shared memory per CTA even split over %d CTAs with a 1-row batch tile "
+               "(opt-in limit %zu B)",
+               H, least, c, optin);
+  return fmt("cluster: the occupancy query admits no cluster size for B=%d, H=%d on this device", B, H);
+}
+
+// Hopper cluster with a fixed batch tile BT (the standalone harness calls this): the cluster size from the plan
+// (largest that can be scheduled), or exactly force_blocks > 0 (tests only).
+template <typename T, int BT, bool kBwd>
+bool launch_cluster(Args<T> a, cudaStream_t stream, int force_blocks = 0) {
+  const std::string why = cluster_refusal<T, kBwd>();
+  if (!why.empty()) return refuse_arch(why);
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    return refuse("cluster: device query failed");
+  const auto p = plan::plan_cluster(a.B, a.H, static_cast<int>(sizeof(T)), static_cast<size_t>(optin), BT,
+                                    force_blocks, [&](int c, int bt, size_t smem) {
+                                      return cluster_occupancy<T, BT, kBwd>(c, ceil_div(a.B, bt), smem);
+                                    });
+  if (p.cluster == 0) return refuse(cluster_no_plan(a.B, a.H, static_cast<int>(sizeof(T)), optin));
+  return launch_cluster_plan<T, BT, kBwd>(a, stream, p);
 }
 
 }  // namespace persistent_detail

@@ -4,10 +4,13 @@ Tiers (docs/design.md, csrc/cuda/NOTES.md):
   batch_tiled  one CTA per batch tile holds all of w_hh in shared memory for the whole sequence (small H)
   persistent   hidden units split across a cooperative grid, one grid barrier per step (medium/large H)
   cluster      hidden units split across a Hopper thread-block cluster, h_t exchanged through DSMEM
-  fallback     any H, any B, any GPU: per step one cuBLAS GEMM (w_hh streamed from L2) + one pointwise kernel
+  fallback     any H, any B, any GPU: per step one cuBLAS GEMM (w_hh streamed from L2; fp16/bf16 forward as a 16-bit
+               GEMM with fp32 accumulation and output) + one pointwise kernel
 The C++ launcher falls back to ``fallback`` when a forced tier cannot run for this shape (shared memory,
-co-residency), so a forced tier never fails to produce a result. All tiers: fp64/fp32/fp16/bf16 storage, fp32
-accumulation (fp64 for fp64), IEEE fp32 unless ``allow_tf32`` (batch_tiled is always IEEE), deterministic.
+co-residency, architecture), so a forced tier never fails to produce a result; ``tier_log.record()`` says which tier
+ran and why. The empty tier ``""`` (a direct op call) runs only GPU-verified tiers (``verified.py``). All tiers:
+fp64/fp32/fp16/bf16 storage, fp32 accumulation (fp64 for fp64), IEEE fp32 unless ``allow_tf32`` (batch_tiled is
+always IEEE), deterministic except `fallback`'s cuBLAS GEMM across streams.
 """
 
 from __future__ import annotations

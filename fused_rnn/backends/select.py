@@ -1,33 +1,44 @@
-"""Backend and tier selection: the only module that knows every backend.
+"""Backend, tier and path selection: the only module that knows every backend.
 
-``backend="auto"``: CUDA tensors -> the fastest backend/tier that has **passed on a real GPU** (GPU_VERIFIED below,
-updated together with the committed report under bench/results/), else ``reference``; CPU tensors -> ``cpu`` when the
-extension is built, else ``reference``. ``FUSED_RNN_BACKEND`` replaces ``auto``; ``FUSED_RNN_CUDA_TIER`` and
-``FUSED_RNN_TRITON_TIER`` force a tier (tests, benchmarks).
+Two levels:
+  - ``choose_path`` (module level, once per ``fused_rnn.RNN`` call): the fused stack or ``native`` -- PyTorch's own
+    RNN kernels, what nn.RNN runs (fused_rnn/native.py). ``backend="native"`` forces it; ``"auto"`` asks the
+    measured policy (fused_rnn/policy.py) with this process's facts (ISA class, threads, GPU capability, TF32
+    settings), except under torch.compile / torch.export (the fused opaque ops keep a dynamic T; ``aten::rnn_tanh``
+    decomposes into per-step ops and recompiles per T) and inside ``diagnostics.record_bptt`` (it hooks the fused
+    recurrence), where auto stays fused.
+  - ``resolve`` (per layer and direction of the fused stack): the fused backend and tier. ``backend="auto"``: CUDA
+    tensors -> the fastest backend/tier that has **passed on a real GPU** (GPU_VERIFIED below, updated together with
+    the committed report under bench/results/), else ``reference``; CPU tensors -> ``cpu`` when the extension is
+    built, else ``reference``.
+``FUSED_RNN_BACKEND`` replaces ``auto`` (``native`` included); ``FUSED_RNN_CUDA_TIER`` and ``FUSED_RNN_TRITON_TIER``
+force a tier (tests, benchmarks).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 
 import torch
 
+from .. import _lazy_compile, policy
 from . import fake  # noqa: F401  (registers the ops' fake implementations)
+from .verified import GPU_VERIFIED, GPU_VERIFIED_CAPABILITY, GPU_VERIFIED_REPORT  # noqa: F401  (the one list)
 
 BACKEND_NAMES: tuple[str, ...] = ("reference", "cpu", "cuda", "triton")
+NATIVE = "native"
+# What fused_rnn.RNN(backend=...) and FUSED_RNN_BACKEND accept.
+MODULE_BACKENDS: tuple[str, ...] = ("auto", NATIVE) + BACKEND_NAMES
 
-# Tiers that have passed on a real GPU, with the report that shows it (README status table). `auto` uses them only
-# on GPUs of the compute capabilities they passed on: the kernels were proven on an H200 (sm_90), not elsewhere.
-# `batch_tiled` and every Triton tier have not run on a GPU yet: forced only.
-GPU_VERIFIED: dict[str, tuple[str, ...]] = {
-    "cuda": ("cluster", "persistent", "fallback"),
-    "triton": (),
-}
-GPU_VERIFIED_CAPABILITY: tuple[tuple[int, int], ...] = ((9, 0),)
-GPU_VERIFIED_REPORT: str = "bench/results/H200-2026-11-27.md"
+# GPU_VERIFIED (tiers that have passed on a real GPU), GPU_VERIFIED_CAPABILITY and GPU_VERIFIED_REPORT are imported
+# above from verified.py: the list is written once, in csrc/cuda/gpu_verified.h, and the CUDA op's empty tier reads the
+# same copy. `auto` uses the tiers only on GPUs of the compute capabilities they passed on (an H200, sm_90, so far).
 
 _TIER_ENV = {"cuda": "FUSED_RNN_CUDA_TIER", "triton": "FUSED_RNN_TRITON_TIER"}
 
@@ -70,12 +81,25 @@ class Choice:
     tier: str
 
 
+# mod.available() answers, per function object: its dispatcher queries cost ~10 µs and `auto` asks per call (and
+# per layer); a monkeypatched available() (tests) is a new function object, so it is asked afresh.
+_AVAILABLE: dict = {}
+
+
+def _available(mod: ModuleType) -> tuple[bool, str]:
+    fn = mod.available
+    hit = _AVAILABLE.get(fn)
+    if hit is None:
+        hit = _AVAILABLE[fn] = fn()
+    return hit
+
+
 def _check_usable(name: str, device: torch.device) -> ModuleType:
     try:
         mod = backend_module(name)
     except ImportError as e:  # a backend module missing from this install, or its dependency (triton) missing
         raise RuntimeError(f"fused_rnn: backend {name!r} is not available here: {type(e).__name__}: {e}") from e
-    ok, why = mod.available()
+    ok, why = _available(mod)
     if not ok:
         raise RuntimeError(f"fused_rnn: backend {name!r} is not available here: {why}")
     if not mod.supports_device(device):
@@ -97,14 +121,14 @@ def _auto(device: torch.device) -> str:
         for name in ("cuda", "triton"):
             if GPU_VERIFIED.get(name):
                 try:
-                    ok, _ = backend_module(name).available()
+                    ok, _ = _available(backend_module(name))
                 except Exception:
                     ok = False
                 if ok:
                     return name
         return "reference"
     if device.type == "cpu":
-        ok, _ = backend_module("cpu").available()
+        ok, _ = _available(backend_module("cpu"))
         return "cpu" if ok else "reference"
     return "reference"
 
@@ -119,6 +143,10 @@ def resolve(backend: str, device: torch.device, H: int, B: int, dtype: torch.dty
     while torch.compile traces with dynamic shapes.
     """
     name, forced, auto, multi_tier = _resolve_name(backend, device.type)
+    if name == NATIVE:
+        raise ValueError("fused_rnn: backend 'native' (here from FUSED_RNN_BACKEND) runs PyTorch's own RNN kernel "
+                         "over the whole stack: it is a fused_rnn.RNN path, not a backend of elman_layer / "
+                         "recurrence; name a fused backend there")
     if forced:
         return Choice(name, forced)
     if not multi_tier:
@@ -137,9 +165,11 @@ def resolve(backend: str, device: torch.device, H: int, B: int, dtype: torch.dty
     return Choice(name, tier)
 
 
-@torch.compiler.assume_constant_result
+@_lazy_compile.assume_constant_result
 def _resolve_name(backend: str, device_type: str) -> tuple[str, str, bool, bool]:
     """(backend name, forced tier or "", whether it came from "auto", whether the backend has several tiers).
+
+    The name is "native" (no tier, not auto) when FUSED_RNN_BACKEND=native replaces "auto" or backend is "native".
 
     Reads FUSED_RNN_BACKEND / FUSED_RNN_*_TIER and the backends' availability. Dynamo calls it at trace time and
     bakes the result into the graph (it cannot trace importlib or the dispatcher queries behind ``available()``).
@@ -148,9 +178,11 @@ def _resolve_name(backend: str, device_type: str) -> tuple[str, str, bool, bool]
     name = backend
     if name == "auto":
         name = os.environ.get("FUSED_RNN_BACKEND", "auto") or "auto"
-        if name != "auto" and name not in BACKEND_NAMES:
+        if name not in MODULE_BACKENDS:
             raise ValueError(f"fused_rnn: FUSED_RNN_BACKEND={name!r} is not a backend; choose one of "
-                             f"{('auto',) + BACKEND_NAMES}")
+                             f"{MODULE_BACKENDS}")
+    if name == NATIVE:
+        return NATIVE, "", False, False
     auto = name == "auto"
     if auto:
         name = _auto(device)
@@ -160,3 +192,141 @@ def _resolve_name(backend: str, device_type: str) -> tuple[str, str, bool, bool]
         raise ValueError(f"fused_rnn: {_TIER_ENV[name]}={forced!r} is not a tier of {name!r}: {mod.TIERS}")
     return name, forced, auto, tuple(mod.TIERS) != ("",)
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Module level: the fused stack or native (fused_rnn/policy.py has the rules and the evidence).
+
+# The collector of the innermost open record_paths() block, else None (one `is None` check per call otherwise).
+_PATH_LOG: list | None = None
+
+
+@contextmanager
+def record_paths() -> Iterator[list]:
+    """Collect the ``policy.Decision`` of every eager ``fused_rnn.RNN`` forward run inside the block, in order.
+
+    What the bench uses to assert the path `auto` took instead of timing it; nothing is recorded while
+    torch.compile traces (a traced graph has no Python side effects at run time).
+    """
+    global _PATH_LOG
+    prev, log = _PATH_LOG, []
+    _PATH_LOG = log
+    try:
+        yield log
+    finally:
+        _PATH_LOG = prev
+
+
+def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, H: int, layers: int,
+                directions: int, training: bool, recording_bptt: bool = False,
+                tune: Callable[[policy.Decision], policy.Decision] | None = None, record: bool = True,
+                traced: bool | None = None):
+    """The path of one ``fused_rnn.RNN`` call: a ``policy.Decision`` whose ``path`` is "native" or a fused backend.
+
+    Args:
+        backend: the module's backend ("auto", "native" or a fused backend name).
+        dtype: the compute dtype (the autocast dtype under autocast).
+        B, H, layers, directions: the call's batch, hidden size and stack.
+        training: grad enabled and the input, hx or a parameter requires grad.
+        recording_bptt: a ``diagnostics.record_bptt`` block is open (its hooks live in the fused recurrence).
+        tune: autotuning (fused_rnn/autotune.py), when it is on: given the static policy's decision, returns the
+            decision to run (a cached or new measurement, or the static one). Asked only where the policy is asked.
+        record: append the decision to an open ``record_paths`` block (``fused_rnn.explain`` passes False: it
+            reports a call without making it).
+        traced: whether torch.compile / torch.export is tracing the call (None: ask ``tracing()``; explain passes
+            its ``compiled`` argument).
+    Raises:
+        RuntimeError for backend "native" inside record_bptt; the errors of ``_resolve_name`` for unusable backends.
+
+    Under torch.compile / torch.export `auto` never asks the policy: it returns the fused backend at once, so no
+    comparison on B becomes a guard (a new batch size does not recompile) and T stays dynamic.
+    """
+    name, forced_tier, auto, _ = _resolve_name(backend, device.type)
+    by = f"backend={backend!r} (the module's argument)" if backend != "auto" else \
+        f"FUSED_RNN_BACKEND={os.environ.get('FUSED_RNN_BACKEND', '')} (the environment replaces auto)"
+    if name == NATIVE:
+        if recording_bptt:
+            raise RuntimeError(
+                "fused_rnn: backend='native' runs PyTorch's own RNN kernel, which has no per-step hook: "
+                "diagnostics.record_bptt records only the fused backends. Use backend='auto' (fused inside "
+                "record_bptt) or name a fused backend, e.g. backend='cpu' or 'cuda'")
+        d = policy.Decision(NATIVE, "", "forced", f"forced by {by}: PyTorch's own RNN kernel, what torch.nn.RNN "
+                            "runs")
+    elif not auto:
+        d = policy.Decision(name, "", "forced", f"forced by {by}"
+                            + (f"; {_TIER_ENV[name]}={forced_tier} forces the tier" if forced_tier else ""))
+    elif tracing() if traced is None else traced:
+        return policy.Decision(name, "", "compile",
+                               "under torch.compile / torch.export auto keeps the fused opaque ops (native "
+                               "decomposes into per-step ops and recompiles for every sequence length)")
+    elif recording_bptt:
+        d = policy.Decision(name, "", "diagnostics", "inside diagnostics.record_bptt auto stays fused "
+                            "(the recorder hooks the fused recurrence)")
+    elif forced_tier:
+        d = policy.Decision(name, forced_tier, "forced-tier", f"{_TIER_ENV[name]}={forced_tier} forces the tier")
+    else:
+        d = _policy_decision(name, device, dtype, B, H, layers, directions, training)
+        if tune is not None:
+            d = tune(d)
+    if record and _PATH_LOG is not None:
+        _PATH_LOG.append(d)
+    return d
+
+
+def tracing() -> bool:
+    """True while torch.compile (Dynamo) or torch.export traces (``is_exporting`` where this torch has it)."""
+    if torch.compiler.is_compiling():
+        return True
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting()) if is_exporting is not None else False
+
+
+def _policy_decision(fused: str, device: torch.device, dtype: torch.dtype, B: int, H: int, layers: int,
+                     directions: int, training: bool):
+    """Gather this process's facts and ask the (cached) pure policy."""
+    if device.type == "cpu":
+        return _decide_cached("cpu", dtype, B, H, layers, directions, training, fused, policy.cpu_isa(),
+                              torch.get_num_threads(), None, False, False)
+    if device.type == "cuda":
+        from ..precision import allow_tf32
+
+        return _decide_cached("cuda", dtype, B, H, layers, directions, training, fused, "", 0,
+                              _capability(device.index), allow_tf32(), cudnn_rnn_tf32())
+    return _decide_cached(device.type, dtype, B, H, layers, directions, training, fused, "", 0, None, False, False)
+
+
+@functools.lru_cache(maxsize=4096)
+def _decide_cached(device_type: str, dtype: torch.dtype, B: int, H: int, layers: int, directions: int,
+                   training: bool, fused: str, isa: str, threads: int, capability: tuple[int, int] | None,
+                   fused_tf32: bool, cudnn_tf32: bool):
+    return policy.decide(device_type, dtype, B, H, layers, directions, training, fused_backend=fused, isa=isa,
+                         threads=threads, capability=capability, verified_capabilities=GPU_VERIFIED_CAPABILITY,
+                         fused_tf32=fused_tf32, cudnn_tf32=cudnn_tf32)
+
+
+@functools.lru_cache(maxsize=16)
+def _capability(index: int | None) -> tuple[int, int] | None:
+    try:
+        return tuple(torch.cuda.get_device_capability(index))
+    except Exception:  # no driver
+        return None
+
+
+def cudnn_rnn_tf32() -> bool:
+    """True when cuDNN may run fp32 RNNs as TF32 (torch.backends.cudnn.allow_tf32, or the newer per-op
+    ``torch.backends.cudnn.rnn.fp32_precision`` on torch versions that have it). Never raises."""
+    cudnn = torch.backends.cudnn
+    for getter in (lambda: cudnn.rnn.fp32_precision, lambda: cudnn.fp32_precision,
+                   lambda: torch.backends.fp32_precision):
+        try:
+            p = getter()
+        except Exception:
+            continue
+        if p == "tf32":
+            return True
+        if p == "ieee":
+            return False
+    try:
+        return bool(cudnn.allow_tf32)
+    except Exception:
+        return True  # torch's default

@@ -17,7 +17,16 @@ Tiers (``FUSED_RNN_TRITON_TIER`` forces one; ``select.py`` passes the string her
 Policy for a forced tier that cannot run: a tier that does not exist here (``cooperative`` under the interpreter or
 on a triton without cooperative launches) raises a clear RuntimeError -- nothing is emulated; a tier that exists
 but does not fit this shape (``resident`` above its H limit, ``cooperative`` when the grid exceeds one program per
-SM) runs ``per_step`` instead, like the CUDA backend's fallback. ``effective_tier`` says which tier a call runs.
+SM) runs ``per_step`` instead, like the CUDA backend's fallback. ``effective_tier`` says which tier a call runs, and
+``tier_log.record()`` records what each launch ran.
+
+``cooperative`` and torch.compile (issue #21): its grid barrier spins on an atomic, which is safe only when every
+program of the grid is resident, i.e. under triton's cooperative launch. Under torch.compile the launch is code that
+Inductor generates, and nothing shows that ``launch_cooperative_grid`` reaches it (torch 2.11 unverified; 2.14 passes
+backend options another way) -- a plain launch could deadlock while other work holds SMs (the other direction on a
+second stream). So the tier refuses to be traced: forced, it raises a clear RuntimeError; ``pick_tier`` (``auto``,
+``backend="triton"``) never picks it while compiling. Eager mode launches it through triton's own launcher, where
+the option is passed.
 """
 
 import contextlib
@@ -25,6 +34,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from . import tier_log
 
 NAME = "triton"
 TIERS: tuple[str, ...] = ("resident", "cooperative", "per_step")
@@ -72,6 +83,32 @@ def _has_cooperative_launch() -> bool:
     except Exception:
         return False
     return "launch_cooperative_grid" in getattr(CUDAOptions, "__dataclass_fields__", {})
+
+
+def _tracing(x: Tensor | None = None) -> bool:
+    """True while torch.compile / export traces: Dynamo, or AOTAutograd running a triton_op's Python implementation on
+    fake tensors. A launch made then becomes generated code, not a call of triton's own launcher."""
+    try:
+        if torch.compiler.is_compiling():
+            return True
+    except Exception:  # pragma: no cover - a torch without torch.compiler.is_compiling
+        pass
+    if x is not None:
+        try:
+            from torch._subclasses.fake_tensor import is_fake
+
+            return bool(is_fake(x))
+        except Exception:  # pragma: no cover
+            return False
+    return False
+
+
+COOPERATIVE_UNDER_COMPILE = (
+    "fused_rnn: the triton tier 'cooperative' cannot run under torch.compile: its grid barrier is safe only under "
+    "triton's cooperative launch (launch_cooperative_grid), and nothing shows that option reaching the launch "
+    "torch.compile generates -- a plain launch can deadlock while other work holds SMs. Run it in eager mode, or "
+    "pick another tier (FUSED_RNN_TRITON_TIER=resident or per_step)"
+)
 
 
 def available() -> tuple[bool, str]:
@@ -129,10 +166,11 @@ def _coop_blocks(H: int, B: int, device: torch.device) -> tuple[int, int] | None
 
 
 def effective_tier(tier: str, H: int, B: int, dtype: torch.dtype, device: torch.device,
-                   allow_tf32: bool = False) -> str:
+                   allow_tf32: bool = False, tracing: bool | None = None) -> str:
     """The tier a call with this request and shape really runs (see the fallback policy in the module docstring).
 
-    Raises RuntimeError for ``cooperative`` where it does not exist; ValueError for an unknown tier.
+    Raises RuntimeError for ``cooperative`` where it does not exist or while torch.compile traces (``tracing``: None
+    = ask ``torch.compiler.is_compiling()``); ValueError for an unknown tier.
     """
     if tier == "":
         tier = pick_tier(H, B, dtype, device)
@@ -141,6 +179,8 @@ def effective_tier(tier: str, H: int, B: int, dtype: torch.dtype, device: torch.
     if tier == "resident" and H > resident_max_h(dtype, allow_tf32 and dtype == torch.float32):
         return "per_step"
     if tier == "cooperative":
+        if _tracing() if tracing is None else tracing:
+            raise RuntimeError(COOPERATIVE_UNDER_COMPILE)
         ok, why = cooperative_available()
         if not ok:
             raise RuntimeError(f"fused_rnn: the triton tier 'cooperative' is not available here: {why}")
@@ -150,10 +190,12 @@ def effective_tier(tier: str, H: int, B: int, dtype: torch.dtype, device: torch.
 
 
 def pick_tier(H: int, B: int, dtype: torch.dtype, device: torch.device) -> str:
-    """resident when w_hh fits one program (the fp32 limit is the IEEE one), else cooperative, else per_step."""
+    """resident when w_hh fits one program (the fp32 limit is the IEEE one), else cooperative (never while
+    torch.compile traces: see the module docstring), else per_step."""
     if H <= resident_max_h(dtype):
         return "resident"
-    if device.type == "cuda" and cooperative_available()[0] and _coop_blocks(H, B, device) is not None:
+    if (device.type == "cuda" and not _tracing() and cooperative_available()[0]
+            and _coop_blocks(H, B, device) is not None):
         return "cooperative"
     return "per_step"
 
@@ -212,6 +254,12 @@ def _device_guard(x: Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
+def _note(op: str, requested: str, ran: str, T: int, B: int, H: int, dtype: torch.dtype) -> None:
+    """One tier_log entry for a launch (only while a record is open, never while tracing)."""
+    why = "" if requested in ("", ran) else f"'{requested}' cannot take H={H}, B={B}, {dtype} here"
+    tier_log.note_triton(op, requested, ran, why, "", f"T={T} B={B} H={H} {str(dtype).removeprefix('torch.')}")
+
+
 def _step_blocks(B: int, H: int) -> tuple[int, int, int]:
     """(BLOCK_B, BLOCK_N, BLOCK_K) for the per-step tiles; every dim >= 16 for tl.dot."""
     bb = min(64, max(16, _next_pow2(B)))
@@ -231,7 +279,11 @@ def elman_fwd(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], re
     if B == 0 or H == 0:  # a zero-size grid is an invalid launch; nothing to compute
         return torch.zeros_like(P, memory_format=torch.contiguous_format), h0.clone(
             memory_format=torch.contiguous_format)
-    tier = effective_tier(tier, H, B, P.dtype, P.device, allow_tf32)
+    requested = tier
+    tracing = _tracing(P)
+    tier = effective_tier(tier, H, B, P.dtype, P.device, allow_tf32, tracing)
+    if not tracing and tier_log.triton_active():
+        _note("fwd", requested, tier, T, B, H, P.dtype)
     with _device_guard(P):
         return _elman_fwd(P.contiguous(), h0.contiguous(), w_hh.contiguous(), lengths, reverse, nonlinearity, tier,
                           allow_tf32, use_wrap)
@@ -297,7 +349,11 @@ def elman_bwd(dY: Tensor, dh_n: Tensor, Y: Tensor, w_hh: Tensor, lengths: Option
     if B == 0 or H == 0:
         return torch.zeros_like(Y, memory_format=torch.contiguous_format), dh_n.clone(
             memory_format=torch.contiguous_format)
-    tier = effective_tier(tier, H, B, Y.dtype, Y.device, allow_tf32)
+    requested = tier
+    tracing = _tracing(Y)
+    tier = effective_tier(tier, H, B, Y.dtype, Y.device, allow_tf32, tracing)
+    if not tracing and tier_log.triton_active():
+        _note("bwd", requested, tier, T, B, H, Y.dtype)
     with _device_guard(Y):
         return _elman_bwd(dY.contiguous(), dh_n.contiguous(), Y.contiguous(), w_hh.contiguous(), lengths, reverse,
                           nonlinearity, tier, allow_tf32, use_wrap)
@@ -384,14 +440,20 @@ def _register_ops() -> None:
         fwd = torch.library.custom_op(f"{OP_NAMESPACE}::elman_fwd", fwd_impl, mutates_args=())
         bwd = torch.library.custom_op(f"{OP_NAMESPACE}::elman_bwd", bwd_impl, mutates_args=())
 
+    # The fake implementations run only while tracing (torch.compile, export): the place to refuse 'cooperative' for
+    # both op kinds (module docstring).
     @fwd.register_fake
     def _fwd_fake(P, h0, w_hh, lengths, reverse, nonlinearity, tier, allow_tf32):
+        if tier == "cooperative":
+            raise RuntimeError(COOPERATIVE_UNDER_COMPILE)
         torch._check(P.dim() == 3, lambda: "fused_rnn_triton.elman_fwd: P must be [T, B, H]")
         return torch.empty_like(P, memory_format=torch.contiguous_format), torch.empty_like(
             h0, memory_format=torch.contiguous_format)
 
     @bwd.register_fake
     def _bwd_fake(dY, dh_n, Y, w_hh, lengths, reverse, nonlinearity, tier, allow_tf32):
+        if tier == "cooperative":
+            raise RuntimeError(COOPERATIVE_UNDER_COMPILE)
         torch._check(Y.dim() == 3, lambda: "fused_rnn_triton.elman_bwd: Y must be [T, B, H]")
         return torch.empty_like(Y, memory_format=torch.contiguous_format), torch.empty_like(
             dh_n, memory_format=torch.contiguous_format)

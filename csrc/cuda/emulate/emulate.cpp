@@ -142,13 +142,14 @@ void fb(int which, void* p_, int s, void* S, const void* G) {
   using T = typename Types<D>::T;
   using Acc = typename Types<D>::Acc;
   emu_blockDim.x = 1; emu_gridDim.x = 1; emu_blockIdx.x = 0; emu_threadIdx.x = 0;
-  if (which == 0) fallback_fwd_step_kernel<T, Acc>(*static_cast<ElmanFwdParams*>(p_), s, static_cast<Acc*>(S), static_cast<const Acc*>(G));
+  if (which == 0) fallback_fwd_step_kernel<T, Acc>(*static_cast<ElmanFwdParams*>(p_), s, static_cast<T*>(S), static_cast<const Acc*>(G));
   if (which == 1) fallback_bwd_step_kernel<T, Acc>(*static_cast<ElmanBwdParams*>(p_), s, static_cast<const Acc*>(G), static_cast<Acc*>(S));
-  if (which == 2) fallback_fwd_finish_kernel<T, Acc>(*static_cast<ElmanFwdParams*>(p_), static_cast<const Acc*>(S));
+  if (which == 2) fallback_fwd_finish_kernel<T>(*static_cast<ElmanFwdParams*>(p_), static_cast<const T*>(S));
   if (which == 3) fallback_bwd_finish_kernel<T, Acc>(*static_cast<ElmanBwdParams*>(p_), static_cast<const Acc*>(G));
 }
-// fallback pointwise kernels, one step s: which = 0 step, 2 finish (forward); 1 step, 3 finish (backward). S / D and
-// G are the [B, H] fp32 (fp64) buffers of elman_cuda.cpp's host loop (G = the step's cuBLAS GEMM result).
+// fallback pointwise kernels, one step s: which = 0 step, 2 finish (forward); 1 step, 3 finish (backward). The [B, H]
+// buffers of elman_cuda.cpp's host loop: forward S in the storage dtype, backward D in fp32 (fp64); G = the step's
+// cuBLAS GEMM result in fp32 (fp64).
 extern "C" void emu_fb_fwd(int dt, int which, const void* P, const void* h0, const void* w, const int64_t* L, void* Y,
                            void* hn, int T, int B, int H, int rev, int act, int s, void* S, const void* G) {
   ElmanFwdParams p{P, h0, w, L, Y, hn, T, B, H, rev != 0, act, false};
