@@ -172,7 +172,7 @@ def test_one_thread_runs_serially(path: str) -> None:
 @pytest.mark.timeout(60)
 def test_late_worker_is_left_out() -> None:
     """A hidden-split worker that arrives after the gate has closed does nothing, and the others never wait for it:
-    the test hook "hidden-late" makes the last worker of each call start 2 ms after the gate's timeout. The call
+    the test hook "hidden-late" makes the last worker of each call start only once the gate has timed out. The call
     completes on fewer workers with bitwise the same results (this is what keeps a shared or busy thread pool from
     deadlocking a split)."""
     args = _inputs(4, 2, 300, seed=3, lengths=False)

@@ -334,7 +334,8 @@ std::atomic<int>& forced_path() {
 }
 
 // Test hooks for the hidden split (cpu_path "hidden-late" / "hidden-stall"): 1 = the last worker of each call
-// starts 2 ms after the gate's timeout; 2 = worker 1 sleeps 1 ms in round 3 while it holds a claimed panel.
+// starts only once the gate has closed on the others (its timeout passed); 2 = worker 1 sleeps 1 ms in round 3
+// while it holds a claimed panel.
 std::atomic<int>& test_fault() {
   static std::atomic<int> v{0};
   return v;
@@ -522,7 +523,16 @@ int run_workers(Path path, int64_t T_, int64_t B, int64_t H, int64_t npanels, in
   const bool late = test_fault().load() == 1;
   if (test_fault().load() == 2) team.stall_worker = 1;
   at::parallel_for(0, nreq, 1, [&](int64_t i0, int64_t i1) {
-    if (late && i1 == nreq && i0 > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(timeout_ns + 2000000));
+    if (late && i1 == nreq && i0 > 0) {
+      // The test hook waits for the close itself, not a fixed time past the timeout: on a loaded machine the first
+      // worker can be descheduled for milliseconds before it closes the gate (a fixed 2 ms sleep let the "late"
+      // worker in at load ~27 on 2 cores, 2026-12-01). Bounded, so a pool that runs the chunks one after another in
+      // this order cannot hang here.
+      const auto t0 = std::chrono::steady_clock::now();
+      while (team.gate.nparts() == 0 &&
+             std::chrono::steady_clock::now() - t0 < std::chrono::nanoseconds(timeout_ns + 200000000))
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
     int nparts = 1;
     const int idx = team.gate.join(i1 - i0, nreq, timeout_ns, &nparts);
     if (idx < 0) return;
