@@ -241,7 +241,7 @@ namespace {
 bool cpu_has_avx2() {
 #if defined(FUSED_RNN_CPU_AVX2)
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #else
   return false;
 #endif
@@ -257,6 +257,15 @@ bool cpu_has_avx512() {
 #endif
 }
 
+bool cpu_has_avx512bf16() {
+#if defined(FUSED_RNN_CPU_AVX512BF16)
+  __builtin_cpu_init();
+  return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
 // The best set this CPU runs, capped by ATEN_CPU_CAPABILITY when set (torch's own switch, read once: "default"
 // -> generic, "avx2" -> at most AVX2), so one variable moves torch's kernels and these together.
 const KernelTable* best_kernels() {
@@ -264,6 +273,9 @@ const KernelTable* best_kernels() {
   const std::string c = cap ? cap : "";
   const bool allow512 = c.empty() || c == "avx512";
   const bool allow2 = allow512 || c == "avx2";
+#if defined(FUSED_RNN_CPU_AVX512BF16)
+  if (allow512 && cpu_has_avx512bf16()) return &avx512bf16_kernels();
+#endif
 #if defined(FUSED_RNN_CPU_AVX512)
   if (allow512 && cpu_has_avx512()) return &avx512_kernels();
 #endif
@@ -279,8 +291,8 @@ std::atomic<const KernelTable*>& active_kernels() {
   return k;
 }
 
-// Test hook: "" -> the active kernel set's name; "auto" | "generic" | "avx2" | "avx512" -> switch (error if this CPU
-// or build cannot run it) and return the new name. Lets the tests run every variant the CPU has.
+// Test hook: "" -> the active kernel set's name; "auto" | "generic" | "avx2" | "avx512" | "avx512bf16" -> switch
+// (error if this CPU or build cannot run it) and return the new name. Lets the tests run every variant the CPU has.
 std::string cpu_isa_op(const std::string& request) {
   if (request.empty()) return active_kernels().load()->name;
   const KernelTable* k = nullptr;
@@ -302,8 +314,16 @@ std::string cpu_isa_op(const std::string& request) {
 #else
     TORCH_CHECK(false, "fused_rnn.cpu_isa: this build has no AVX-512 kernels");
 #endif
+  } else if (request == "avx512bf16") {
+#if defined(FUSED_RNN_CPU_AVX512BF16)
+    TORCH_CHECK(cpu_has_avx512bf16(), "fused_rnn.cpu_isa: this CPU has no AVX512-BF16 (or no AVX-512 F/BW/VL/DQ)");
+    k = &avx512bf16_kernels();
+#else
+    TORCH_CHECK(false, "fused_rnn.cpu_isa: this build has no AVX512-BF16 kernels");
+#endif
   } else {
-    TORCH_CHECK(false, "fused_rnn.cpu_isa: unknown instruction set '", request, "' (auto, generic, avx2, avx512)");
+    TORCH_CHECK(false, "fused_rnn.cpu_isa: unknown instruction set '", request,
+                "' (auto, generic, avx2, avx512, avx512bf16)");
   }
   active_kernels().store(k);
   return k->name;
@@ -667,6 +687,32 @@ int fwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& 
   return workers;
 }
 
+// bf16 with a set that has the AVX512-BF16 forward: P, h0, Y stay bf16, W_hh is packed in bf16 pairs. Same workers
+// and panels as fp32 (NW = panel_f32 columns per panel).
+int fwd_own_bf16(const KernelTable& K, Path path, int64_t threads, const at::Tensor& Pc, const at::Tensor& h0c,
+                 const at::Tensor& Wc, const int64_t* lp, at::Tensor& Y, at::Tensor& h_n, bool reverse, int act,
+                 bool* took_over) {
+  const int64_t T_ = Pc.size(0), B = Pc.size(1), H = Pc.size(2);
+  const int64_t NW = K.panel_f32;
+  const int64_t npanels = (H + NW - 1) / NW;
+  at::Tensor Wp = at::empty({bf16_packed_values(npanels, NW, H)}, Pc.options());  // 64-byte aligned
+  auto bits = [](const at::Tensor& t) { return reinterpret_cast<const bf16_bits*>(t.const_data_ptr<c10::BFloat16>()); };
+  bf16_bits* wp = reinterpret_cast<bf16_bits*>(Wp.mutable_data_ptr<c10::BFloat16>());
+  const bf16_bits* w = bits(Wc);
+  FwdArgs<bf16_bits> A{bits(Pc), bits(h0c), w, wp, lp, reinterpret_cast<bf16_bits*>(Y.mutable_data_ptr<c10::BFloat16>()),
+                       T_, B, H, reverse, act, Round::None};
+  auto pack = [&](int64_t p0, int64_t p1) { K.pack_bf16(w, H, p0, p1, wp); };
+  auto kern = [&](const Work& wk) { K.fwd_bf16(A, wk); };
+  const int workers = run_workers(path, T_, B, H, npanels, K.max_rows, threads, pack, kern, took_over);
+  const auto* y = Y.const_data_ptr<c10::BFloat16>();
+  auto* hn = h_n.mutable_data_ptr<c10::BFloat16>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t t = reverse ? 0 : (lp != nullptr ? lp[b] : T_) - 1;
+    std::memcpy(hn + b * H, y + (t * B + b) * H, H * sizeof(c10::BFloat16));
+  }
+  return workers;
+}
+
 std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::Tensor& h0, const at::Tensor& w_hh,
                                                  const c10::optional<at::Tensor>& lengths, bool reverse,
                                                  c10::string_view nonlinearity_sv, c10::string_view tier_sv,
@@ -683,16 +729,28 @@ std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::
   if (B == 0 || H == 0) {
     return {at::zeros({T_, B, H}, P.options()), at::zeros({B, H}, P.options())};
   }
+  const KernelTable& K = *active_kernels().load();
+  const int64_t* lp = L.has_value() ? L->const_data_ptr<int64_t>() : nullptr;
+  const int64_t threads = usable_threads();
+  if (st == at::kBFloat16 && K.fwd_bf16 != nullptr) {
+    const Path path = choose_path(T_, B, H, threads, (H + K.panel_f32 - 1) / K.panel_f32, K.max_rows);
+    if (path != Path::Blas) {
+      const at::Tensor Pc = P.contiguous(), h0c = h0.contiguous(), Wc = w_hh.contiguous();
+      at::Tensor Y = L.has_value() ? at::zeros({T_, B, H}, Pc.options()) : at::empty({T_, B, H}, Pc.options());
+      at::Tensor h_n = at::empty({B, H}, Pc.options());
+      bool took_over = false;
+      const int workers = fwd_own_bf16(K, path, threads, Pc, h0c, Wc, lp, Y, h_n, reverse, act, &took_over);
+      set_last_run(K, path, workers, took_over);
+      return {Y, h_n};
+    }
+  }
   const auto ct = compute_type(st);
   const at::Tensor Pc = P.to(ct).contiguous();
   const at::Tensor h0c = h0.to(ct).contiguous();
   const at::Tensor Wc = w_hh.to(ct).contiguous();
   at::Tensor Y = L.has_value() ? at::zeros({T_, B, H}, Pc.options()) : at::empty({T_, B, H}, Pc.options());
   at::Tensor h_n = at::empty({B, H}, Pc.options());
-  const KernelTable& K = *active_kernels().load();
-  const int64_t* lp = L.has_value() ? L->const_data_ptr<int64_t>() : nullptr;
   const Round rm = round_mode(st);
-  const int64_t threads = usable_threads();
   const int64_t NW = ct == at::kFloat ? K.panel_f32 : K.panel_f64;
   const Path path = choose_path(T_, B, H, threads, (H + NW - 1) / NW, K.max_rows);
 
