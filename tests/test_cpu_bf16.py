@@ -2,11 +2,11 @@
 in the same dtype by DESIGN.md's tolerance rule (error vs the fp64 oracle <= 2 x the reference's own error in that
 dtype, plus a floor of 2 eps).
 
-Variants: "avx512bf16" runs the bf16 forward with vdpbf16ps on bf16 data (W_hh packed in bf16 pairs); "generic",
-"avx2" and "avx512" run bf16 (and every variant runs fp16, and the bf16 backward) on the fp32 kernels with the
-state rounded to the storage dtype each step. A variant this machine lacks is skipped with the flag it misses
-(tests/cpu_common.py reads /proc/cpuinfo: where the CPU lists the flags, the variant must be built, or the test
-fails). Shapes: T time, B batch, H hidden.
+Variants: "avx512bf16" runs the bf16 forward and backward with vdpbf16ps on bf16 data (W_hh packed in bf16 pairs; the
+backward multiplies the stored bf16 dA_t, its carry stays fp32); "generic", "avx2" and "avx512" run bf16 (and every
+variant runs fp16) on the fp32 kernels with the state rounded to the storage dtype each step. A variant this
+machine lacks is skipped with the flag it misses (tests/cpu_common.py reads /proc/cpuinfo: where the CPU lists the
+flags, the variant must be built, or the test fails). Shapes: T time, B batch, H hidden.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def test_low_precision_every_variant(dtype: torch.dtype, variant: str, threads: 
             Y, hn = cpu_backend.forward(P, h0, w, L, reverse, act)
             assert last_run()["isa"] == variant, last_run()
             dA, dh0 = cpu_backend.backward(dY, dh, Y, w, L, reverse, act)
+            assert last_run()["isa"] == variant, last_run()
             tag = f"{IDS[i]} {variant} {threads}t"
             for name, got, ref, oracle in (("Y", Y, Y_ref, Y64), ("h_n", hn, hn_ref, hn64),
                                            ("dA", dA, dA_ref, dA64), ("dh0", dh0, dh0_ref, dh064)):
@@ -100,31 +101,37 @@ def test_low_precision_every_variant(dtype: torch.dtype, variant: str, threads: 
     pytest.param(6, 13, 200, True, False, "tanh", id="T6-B13-H200-len-tanh"),
     pytest.param(5, 1, 333, False, True, "relu", id="T5-B1-H333-rev-relu"),
 ])
-def test_bf16_forward_bitwise_every_path_and_thread_count(T: int, B: int, H: int, lengths: bool, reverse: bool,
-                                                          act: str) -> None:
-    """The vdpbf16ps forward gives the same bits serially on one thread, and with the hidden and the batch split on
-    1 and 2 threads (every output is the same instruction sequence whichever worker computes it)."""
+def test_bf16_bitwise_every_path_and_thread_count(T: int, B: int, H: int, lengths: bool, reverse: bool,
+                                                 act: str) -> None:
+    """The vdpbf16ps forward and backward give the same bits serially on one thread, and with the hidden and the
+    batch split on 1 and 2 threads (every output is the same instruction sequence whichever worker computes it)."""
     _variant("avx512bf16")
-    P, h0, w, L, _, _ = _inputs(T, B, H, torch.bfloat16, lengths, seed=7)
+    P, h0, w, L, dY, dh = _inputs(T, B, H, torch.bfloat16, lengths, seed=7)
+
+    def run() -> tuple[tuple[torch.Tensor, ...], list[dict[str, str]]]:
+        Y, hn = cpu_backend.forward(P, h0, w, L, reverse, act)
+        ran = [last_run()]
+        dA, dh0 = cpu_backend.backward(dY, dh, Y, w, L, reverse, act)
+        return (Y, hn, dA, dh0), ran + [last_run()]
+
     with num_threads(1), forced(isa="avx512bf16", path="serial"):
-        want = cpu_backend.forward(P, h0, w, L, reverse, act)
-    ran_paths = set()
+        want, _ = run()
+    ran_threads = set()
     for threads in (1, 2):
         with num_threads(threads):
             for path in ("serial", "hidden", "batch"):
                 # a few tries on 2 threads: on a loaded machine a worker that starts late is left out by design
                 for _ in range(20 if threads == 2 else 1):
                     with forced(isa="avx512bf16", path=path):
-                        got = cpu_backend.forward(P, h0, w, L, reverse, act)
-                        ran = last_run()
-                    assert ran["isa"] == "avx512bf16", ran
-                    ran_paths.add((ran["path"], ran["threads"]))
-                    for name, a, b in zip(("Y", "h_n"), got, want, strict=True):
+                        got, ran = run()
+                    assert all(r["isa"] == "avx512bf16" for r in ran), ran
+                    ran_threads |= {r["threads"] for r in ran}
+                    for name, a, b in zip(("Y", "h_n", "dA", "dh0"), got, want, strict=True):
                         assert torch.equal(a, b), f"{name}: {path} on {threads} threads ({ran}) differs from serial"
-                    if ran["threads"] == "2":
+                    if all(r["threads"] == "2" for r in ran):
                         break
     # the splits really ran on 2 workers somewhere (B=13 allows the batch split, H=200/333 the hidden one)
-    assert any(t == "2" for _, t in ran_paths), ran_paths
+    assert "2" in ran_threads, ran_threads
 
 
 def test_bf16_forward_is_the_reference_on_exact_sums() -> None:

@@ -804,6 +804,25 @@ int bwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& 
   return run_workers(path, T_, B, H, npanels, K.max_rows, threads, pack, kern, took_over);
 }
 
+// bf16 backward with a set that has the AVX512-BF16 kernels: dY, Y, dA stay bf16, w_hh is packed in bf16 pairs
+// along k, the carry C [B, H] is fp32 (dh0 = C rounded once at the end).
+int bwd_own_bf16(const KernelTable& K, Path path, int64_t threads, const at::Tensor& dYc, const at::Tensor& dhc,
+                 const at::Tensor& Yc, const at::Tensor& Wc, const int64_t* lp, at::Tensor& dA, at::Tensor& C,
+                 bool reverse, int act, bool* took_over) {
+  const int64_t T_ = Yc.size(0), B = Yc.size(1), H = Yc.size(2);
+  const int64_t NW = K.panel_f32;
+  const int64_t npanels = (H + NW - 1) / NW;
+  at::Tensor Wp = at::empty({bf16_packed_values(npanels, NW, H)}, Yc.options());
+  auto bits = [](const at::Tensor& t) { return reinterpret_cast<const bf16_bits*>(t.const_data_ptr<c10::BFloat16>()); };
+  bf16_bits* wp = reinterpret_cast<bf16_bits*>(Wp.mutable_data_ptr<c10::BFloat16>());
+  const bf16_bits* w = bits(Wc);
+  BwdArgsBf16 A{bits(dYc), bits(dhc), bits(Yc), w, wp, lp, reinterpret_cast<bf16_bits*>(dA.mutable_data_ptr<c10::BFloat16>()),
+                C.mutable_data_ptr<float>(), T_, B, H, reverse, act};
+  auto pack = [&](int64_t p0, int64_t p1) { K.pack_bf16_bwd(w, H, p0, p1, wp); };
+  auto kern = [&](const Work& wk) { K.bwd_bf16(A, wk); };
+  return run_workers(path, T_, B, H, npanels, K.max_rows, threads, pack, kern, took_over);
+}
+
 std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at::Tensor& dh_n, const at::Tensor& Y,
                                                  const at::Tensor& w_hh, const c10::optional<at::Tensor>& lengths,
                                                  bool reverse, c10::string_view nonlinearity_sv,
@@ -819,6 +838,21 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
   if (B == 0 || H == 0) {
     return {at::zeros({T_, B, H}, Y.options()), at::zeros({B, H}, Y.options())};
   }
+  const KernelTable& K = *active_kernels().load();
+  const int64_t* lp = L.has_value() ? L->const_data_ptr<int64_t>() : nullptr;
+  const int64_t threads = usable_threads();
+  if (st == at::kBFloat16 && K.bwd_bf16 != nullptr) {
+    const Path path = choose_path(T_, B, H, threads, (H + K.panel_f32 - 1) / K.panel_f32, K.max_rows);
+    if (path != Path::Blas) {
+      const at::Tensor dYc = dY.contiguous(), dhc = dh_n.contiguous(), Yc = Y.contiguous(), Wc = w_hh.contiguous();
+      at::Tensor dA = L.has_value() ? at::zeros({T_, B, H}, Yc.options()) : at::empty({T_, B, H}, Yc.options());
+      at::Tensor C = at::empty({B, H}, Yc.options().dtype(at::kFloat));
+      bool took_over = false;
+      const int workers = bwd_own_bf16(K, path, threads, dYc, dhc, Yc, Wc, lp, dA, C, reverse, act, &took_over);
+      set_last_run(K, path, workers, took_over);
+      return {dA, C.to(at::kBFloat16)};
+    }
+  }
   const auto ct = compute_type(st);
   const at::Tensor dYc = dY.to(ct).contiguous();
   const at::Tensor dhc = dh_n.to(ct).contiguous();
@@ -828,9 +862,6 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
   // when converted to the storage dtype at the end -- the reference's order.
   at::Tensor dA = L.has_value() ? at::zeros({T_, B, H}, Yc.options()) : at::empty({T_, B, H}, Yc.options());
   at::Tensor dh0 = at::empty({B, H}, Yc.options());
-  const KernelTable& K = *active_kernels().load();
-  const int64_t* lp = L.has_value() ? L->const_data_ptr<int64_t>() : nullptr;
-  const int64_t threads = usable_threads();
   const int64_t NW = ct == at::kFloat ? K.panel_f32 : K.panel_f64;
   const Path path = choose_path(T_, B, H, threads, (H + NW - 1) / NW, K.max_rows);
 

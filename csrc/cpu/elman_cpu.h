@@ -52,6 +52,21 @@ struct BwdArgs {
   int act;
 };
 
+// The bf16 backward (KernelTable::bwd_bf16): as BwdArgs, with the carry C in fp32 (its final value is dh0).
+struct BwdArgsBf16 {
+  const uint16_t* dY;       // [T, B, H] bf16 bits
+  const uint16_t* dh_n;     // [B, H]
+  const uint16_t* Y;        // [T, B, H]
+  const uint16_t* W;        // [H, H]
+  uint16_t* Wp;             // packed w_hh (KernelTable::pack_bf16_bwd)
+  const int64_t* lengths;   // [B] in [1, T] or nullptr
+  uint16_t* dA;             // [T, B, H] out; must be zero-filled when lengths != nullptr
+  float* C;                 // [B, H] out: the carried gradient; dh0 at the end
+  int64_t T_, B, H;
+  bool reverse;
+  int act;
+};
+
 // The workers of one hidden-split call (defined in elman_cpu.cpp, compiled for the baseline ISA). The work is done
 // in rounds (packing, then one per step); a round is a set of panels (column blocks of the result) that every worker
 // needs complete before the next round. team_next hands this worker its next panels [*a, *b) of `round` (up to
@@ -101,6 +116,9 @@ struct KernelTable {
   // pack_bf16: panels [p0, p1) of w_hhᵀ, each [ceil(H/2)][panel_f32][2] bf16 (k pairs innermost, zero-padded).
   void (*pack_bf16)(const bf16_bits* W, int64_t H, int64_t p0, int64_t p1, bf16_bits* out);
   void (*fwd_bf16)(const FwdArgs<bf16_bits>&, const Work&);
+  // bf16 backward on bf16 dY, Y, dA with w_hh (not transposed) packed in bf16 pairs along k; the carry stays fp32.
+  void (*pack_bf16_bwd)(const bf16_bits* W, int64_t H, int64_t p0, int64_t p1, bf16_bits* out);
+  void (*bwd_bf16)(const BwdArgsBf16&, const Work&);
 };
 
 // bf16 values in one packed forward panel set: npanels · NW · 2·ceil(H/2).

@@ -36,6 +36,8 @@ const KernelTable& avx512bf16_kernels() {
     t.name = "avx512bf16";
     t.pack_bf16 = avx512bf16::pack_bf16;
     t.fwd_bf16 = avx512bf16::fwd_bf16;
+    t.pack_bf16_bwd = avx512bf16::pack_bf16_bwd;
+    t.bwd_bf16 = avx512bf16::bwd_bf16;
     return t;
   }();
   return table;
