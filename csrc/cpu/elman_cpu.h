@@ -1,6 +1,7 @@
 // The CPU recurrence kernels' interface: raw-pointer loops, no ATen, compiled once per instruction set
 // (elman_cpu_generic.cpp: baseline x86-64 / any CPU; elman_cpu_avx2.cpp: AVX2 + FMA; elman_cpu_avx512.cpp: AVX-512
-// F/BW/VL/DQ) and picked at run time by elman_cpu.cpp. Shapes: T time, B batch, H hidden; every array is contiguous,
+// F/BW/VL/DQ; elman_cpu_avx512bf16.cpp: the bf16 kernels for AVX512-BF16) and picked at run time by
+// elman_cpu.cpp. Shapes: T time, B batch, H hidden; every array is contiguous,
 // time-major.
 #pragma once
 
