@@ -17,6 +17,7 @@ import fused_rnn
 
 AVX2_FLAGS = frozenset({"avx2", "fma"})
 AVX512_FLAGS = AVX2_FLAGS | {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
+AVX512BF16_FLAGS = AVX512_FLAGS | {"avx512_bf16"}
 OWN_PATHS = ("serial", "hidden", "batch")  # the own loops: bitwise equal results for every ISA and thread count
 
 
@@ -45,12 +46,25 @@ def expected_isas() -> list[str]:
     return out
 
 
+def bf16_isa_missing() -> str | None:
+    """Why this machine cannot run the "avx512bf16" variant (the vdpbf16ps bf16 forward), or None when it can and so
+    the build must have it. Its fp32/fp64 kernels are avx512's, so ISAS (the fp32/fp64 matrix) leaves it out; the
+    bf16/fp16 tests (tests/test_cpu_bf16.py) add it."""
+    flags = cpu_flags()
+    if flags is None or platform.machine().lower() not in ("x86_64", "amd64"):
+        return "not an x86-64 Linux machine (no /proc/cpuinfo flags)"
+    missing = sorted(AVX512BF16_FLAGS - flags)
+    return f"the CPU lacks {', '.join(missing)} (/proc/cpuinfo)" if missing else None
+
+
 def built() -> bool:
     return "cpu" in fused_rnn.available_backends()
 
 
 ISAS = expected_isas()
-BEST_ISA = ISAS[-1]
+BEST_ISA = ISAS[-1]  # the best fp32/fp64 variant
+# what the automatic choice picks: avx512bf16 (avx512's fp32/fp64 kernels + the bf16 forward) where the CPU has it
+AUTO_ISA = "avx512bf16" if BEST_ISA == "avx512" and bf16_isa_missing() is None else BEST_ISA
 
 
 def last_run() -> dict[str, str]:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from cpu_common import BEST_ISA, ISAS, forced, last_run  # tests/cpu_common.py
+from cpu_common import AUTO_ISA, BEST_ISA, ISAS, forced, last_run  # tests/cpu_common.py
 
 import fused_rnn
 from fused_rnn.backends import cpu as cpu_backend
@@ -380,7 +380,7 @@ def test_isa_hook_rejects_unknown() -> None:
         torch.ops.fused_rnn.cpu_isa("sse9")
     with pytest.raises(RuntimeError, match="unknown path"):
         torch.ops.fused_rnn.cpu_path("gpu")
-    assert torch.ops.fused_rnn.cpu_isa("") in ("generic", "avx2", "avx512")
+    assert torch.ops.fused_rnn.cpu_isa("") in ("generic", "avx2", "avx512", "avx512bf16")
     assert torch.ops.fused_rnn.cpu_path("") == "auto"
 
 
@@ -400,7 +400,7 @@ def test_auto_picks_the_best_isa() -> None:
     import os
 
     cap = os.environ.get("ATEN_CPU_CAPABILITY", "")
-    want = {"": BEST_ISA, "avx512": BEST_ISA, "avx2": ISAS[min(1, len(ISAS) - 1)]}.get(cap, "generic")
+    want = {"": AUTO_ISA, "avx512": AUTO_ISA, "avx2": ISAS[min(1, len(ISAS) - 1)]}.get(cap, "generic")
     assert torch.ops.fused_rnn.cpu_isa("auto") == want
 
 

@@ -1,16 +1,20 @@
 // The CPU recurrence kernels' interface: raw-pointer loops, no ATen, compiled once per instruction set
 // (elman_cpu_generic.cpp: baseline x86-64 / any CPU; elman_cpu_avx2.cpp: AVX2 + FMA; elman_cpu_avx512.cpp: AVX-512
-// F/BW/VL/DQ) and picked at run time by elman_cpu.cpp. Shapes: T time, B batch, H hidden; every array is contiguous,
+// F/BW/VL/DQ; elman_cpu_avx512bf16.cpp: the bf16 kernels for AVX512-BF16) and picked at run time by
+// elman_cpu.cpp. Shapes: T time, B batch, H hidden; every array is contiguous,
 // time-major.
 #pragma once
 
 #include <cstdint>
 
 // The AVX2 and AVX-512 kernels are built where GCC's target pragma can compile them; any other build keeps the
-// generic ones only.
+// generic ones only. The AVX512-BF16 forward (elman_cpu_avx512bf16.cpp, vdpbf16ps) needs GCC >= 10.
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__) && !defined(__clang__)
 #define FUSED_RNN_CPU_AVX2 1
 #define FUSED_RNN_CPU_AVX512 1
+#if __GNUC__ >= 10
+#define FUSED_RNN_CPU_AVX512BF16 1
+#endif
 #endif
 
 namespace fused_rnn {
@@ -49,6 +53,21 @@ struct BwdArgs {
   int act;
 };
 
+// The bf16 backward (KernelTable::bwd_bf16): as BwdArgs, with the carry C in fp32 (its final value is dh0).
+struct BwdArgsBf16 {
+  const uint16_t* dY;       // [T, B, H] bf16 bits
+  const uint16_t* dh_n;     // [B, H]
+  const uint16_t* Y;        // [T, B, H]
+  const uint16_t* W;        // [H, H]
+  uint16_t* Wp;             // packed w_hh (KernelTable::pack_bf16_bwd)
+  const int64_t* lengths;   // [B] in [1, T] or nullptr
+  uint16_t* dA;             // [T, B, H] out; must be zero-filled when lengths != nullptr
+  float* C;                 // [B, H] out: the carried gradient; dh0 at the end
+  int64_t T_, B, H;
+  bool reverse;
+  int act;
+};
+
 // The workers of one hidden-split call (defined in elman_cpu.cpp, compiled for the baseline ISA). The work is done
 // in rounds (packing, then one per step); a round is a set of panels (column blocks of the result) that every worker
 // needs complete before the next round. team_next hands this worker its next panels [*a, *b) of `round` (up to
@@ -72,6 +91,10 @@ struct Work {
   void* scratch;
 };
 
+// bf16 arrays are passed as their bit patterns (uint16_t): the kernels never touch c10::BFloat16 (see
+// elman_cpu_kernels.inc on what the ISA translation units may instantiate).
+using bf16_bits = uint16_t;
+
 inline int64_t work_scratch_bytes(int64_t B) { return 24 * B + 4096; }
 
 // One instruction set's kernels.
@@ -89,7 +112,20 @@ struct KernelTable {
   // Pointwise activation on n contiguous values (used by the per-step BLAS path): act 0 tanh, 1 relu.
   void (*act_f32)(float* x, int64_t n, int act);
   void (*act_f64)(double* x, int64_t n, int act);
+  // bf16 forward on bf16 P, h0 and Y, W_hh packed in bf16 pairs for vdpbf16ps (fp32 accumulation, h_t rounded to
+  // bf16 as it is stored). nullptr where the set has none: bf16 then runs fwd_f32 on data converted to fp32.
+  // pack_bf16: panels [p0, p1) of w_hhᵀ, each [ceil(H/2)][panel_f32][2] bf16 (k pairs innermost, zero-padded).
+  void (*pack_bf16)(const bf16_bits* W, int64_t H, int64_t p0, int64_t p1, bf16_bits* out);
+  void (*fwd_bf16)(const FwdArgs<bf16_bits>&, const Work&);
+  // bf16 backward on bf16 dY, Y, dA with w_hh (not transposed) packed in bf16 pairs along k; the carry stays fp32.
+  void (*pack_bf16_bwd)(const bf16_bits* W, int64_t H, int64_t p0, int64_t p1, bf16_bits* out);
+  void (*bwd_bf16)(const BwdArgsBf16&, const Work&);
 };
+
+// bf16 values in one packed forward panel set: npanels · NW · 2·ceil(H/2).
+inline int64_t bf16_packed_values(int64_t npanels, int64_t NW, int64_t H) {
+  return npanels * NW * 2 * ((H + 1) / 2);
+}
 
 const KernelTable& generic_kernels();
 #if defined(FUSED_RNN_CPU_AVX2)
@@ -97,6 +133,10 @@ const KernelTable& avx2_kernels();
 #endif
 #if defined(FUSED_RNN_CPU_AVX512)
 const KernelTable& avx512_kernels();
+#endif
+#if defined(FUSED_RNN_CPU_AVX512BF16)
+// avx512_kernels() plus the AVX512-BF16 bf16 forward (the fp32/fp64 entries are avx512's).
+const KernelTable& avx512bf16_kernels();
 #endif
 
 }  // namespace cpu

@@ -15,7 +15,7 @@
 #if defined(FUSED_RNN_CPU_AVX2)
 // Every header is included above: only the kernels below are compiled for AVX2 + FMA.
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 
 // No FMA contraction by the compiler (g++ contracts by default in C++ even in ISO mode): elman_cpu_kernels.inc.
 #pragma GCC optimize("fp-contract=off")

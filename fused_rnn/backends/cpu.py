@@ -8,9 +8,10 @@ owns a block of W_hh's columns for the whole sequence), or with the batch split 
 the thread count, serially when nested inside another parallel region. All three give bitwise the same results for
 every ISA and thread count. A per-step BLAS path exists for benchmarks (MKL's summation order, not bitwise equal).
 
-Test/benchmark hooks (torch.ops.fused_rnn.*): ``cpu_isa("" | "auto" | "generic" | "avx2" | "avx512")`` reads or
-forces the instruction set; ``cpu_path("" | "auto" | "serial" | "hidden" | "batch" | "blas")`` reads or forces the
-path; ``cpu_last_run()`` says what the last call on this thread ran ("isa=avx512 path=hidden threads=2");
+Test/benchmark hooks (torch.ops.fused_rnn.*): ``cpu_isa("" | "auto" | "generic" | "avx2" | "avx512" |
+"avx512bf16")`` reads or forces the instruction set ("avx512bf16": avx512 plus the vdpbf16ps bf16 kernels);
+``cpu_path("" | "auto" | "serial" | "hidden" | "batch" | "blas")`` reads or forces the path; ``cpu_last_run()``
+says what the last call on this thread ran ("isa=avx512 path=hidden threads=2");
 ``cpu_nested(P, h0, w_hh, copies)`` runs the ops inside at::parallel_for (the nesting test).
 """
 
