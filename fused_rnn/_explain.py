@@ -27,7 +27,8 @@ from . import autotune as _autotune
 from . import policy
 from .policy import Decision, Evidence, Measured
 
-_ISA_WORDS = {"avx512_amx": "AVX-512 + AMX", "avx512": "AVX-512", "avx2": "AVX2", "other": "a CPU without AVX2"}
+_ISA_WORDS = {"avx512_amx": "AVX-512 + AMX", "avx512_bf16": "AVX-512 with BF16", "avx512": "AVX-512",
+              "avx2": "AVX2", "other": "a CPU without AVX2"}
 
 
 @dataclass(frozen=True)

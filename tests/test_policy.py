@@ -135,6 +135,13 @@ def test_isa_rules():
     d = cpu(dtype="bf16", B=1, H=256, isa="avx512_amx")
     assert d.path == "native" and "AMX" in d.reason
     assert cpu(B=1, H=64, isa="avx512_amx").path == "cpu"
+    # nor across the fused kernels' BF16 dot product (avx512_bf16 vs plain avx512), in either direction; fp32 is
+    t_bf = _table(isa="avx512_bf16")
+    for isa, tables in (("avx512_bf16", None), ("avx512", (t_bf,))):
+        d = cpu(dtype="bf16", B=1, H=256, isa=isa, tables=tables)
+        assert d.path == "native" and d.rule == "unmeasured-isa" and "BF16" in d.reason, (isa, d)
+        assert cpu(B=1, H=64, isa=isa, tables=tables).path == "cpu", isa
+    assert cpu(dtype="bf16", B=1, H=256, isa="avx512_bf16", tables=(t_bf,)).path == "cpu"  # measured there: exact
 
 
 def test_no_tables_or_no_fast_backend_is_native():
