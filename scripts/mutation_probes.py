@@ -154,7 +154,7 @@ PROBES: list[Probe] = [
         name="tanh-no-clamp", item="6", owner="cpu",
         depends_on="item 6 (helper cpu): tanh at ±{6, 9, 20, 100, 3e38, inf}",
         mutation="the fp32 tanh's clamp of |x| to 9 removed",
-        tests=("tests/test_cpu_backend.py",), kind="cpp", target="csrc/cpu/elman_cpu_kernels.inc",
+        tests=("tests/test_cpu_threads.py", "-k", "tanh"), kind="cpp", target="csrc/cpu/elman_cpu_kernels.inc",
         edits=(("const vf cl = ax < 9.0f ? ax : vf{} + 9.0f;", "const vf cl = ax;"),)),
     Probe(
         name="tier-silent-fallback-cpp", item="1", owner="gpusafe",
@@ -224,6 +224,15 @@ def mutate_source(target: str, edits: tuple[tuple[str, str], ...]) -> None:
     ns: dict = {}
     exec(code, mod.__dict__, ns)
     setattr(owner, attr, ns[attr])
+    # `from .stack import run_fused_stack` binds the original in the importing module too: rebind every such name in
+    # the package, or the mutant never runs (the dropout probe survived that way).
+    pkg = mod.__name__.split(".")[0]
+    for name, m in list(sys.modules.items()):
+        if m is None or not (name == pkg or name.startswith(pkg + ".")):
+            continue
+        for k, v in list(vars(m).items()):
+            if v is fn:
+                setattr(m, k, ns[attr])
 
 
 def check_target(probe: Probe, root: str = ROOT) -> str | None:
