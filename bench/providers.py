@@ -219,6 +219,9 @@ def discover(device: torch.device, wanted: list[str] | None, with_flashrnn: bool
         notes += tier_notes
         for tier in tiers:
             pname = f"{name}:{tier}" if tier else name
+            if tier in getattr(mod, "UNRUN_TIERS", ()) and (wanted is None or pname not in wanted):
+                notes.append(f"{pname}: skipped, never run on a GPU yet (name it in --backends to time it)")
+                continue
             if keep(pname, name):
                 providers.append(Provider(pname, "fused", backend=name, tier=tier))
             if device.type == "cuda" and name in TIER_ENV and keep(pname + "+streams", name):

@@ -3,14 +3,14 @@
 # no network). Each stage runs under its own timeout and appends to $OUT/report.md, so a late failure still leaves
 # the earlier results. Files written (at most 8 come back from the device): report.md, logs.txt, bench.md,
 # bench.json, bench.png.
-#   GPU_CHECK_STAGES="1 2 3 4 5 6"  which stages to run (default all)
+#   GPU_CHECK_STAGES="1 2 3 4 5 6 7"  which stages to run (default all; 7 = the forced-only cluster2 tier, last)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-report}
 mkdir -p "$OUT"
 R=$OUT/report.md
 LOG=$OUT/logs.txt
-STAGES=${GPU_CHECK_STAGES:-1 2 3 4 5 6}
+STAGES=${GPU_CHECK_STAGES:-1 2 3 4 5 6 7}
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 PY=${PYTHON:-python3}
 : > "$LOG"
@@ -104,7 +104,10 @@ s6() {
   return $rc
 }
 
-export -f s1 s2 s3 s4 s5 s6
+# The forced-only cluster2 tier (issue 22), after every verified stage: harness, op tests, sanitizers.
+s7() { OUT="$OUT" PY="$PY" bash csrc/cuda/harness/cluster2_device.sh; }
+
+export -f s1 s2 s3 s4 s5 s6 s7
 export PY OUT S6_BUDGET
 fail=0
 want 1 && { stage 1 "versions, card, driver" 20 s1 || fail=1; }
@@ -113,5 +116,6 @@ want 3 && { stage 3 "CPU tests on the device's torch" ${S3_BUDGET:-60} s3 || fai
 want 4 && { TAIL_LINES=40 stage 4 "GPU tests (gpu_quick)" ${S4_BUDGET:-150} s4 || fail=1; }
 want 5 && { TAIL_LINES=60 stage 5 "compute-sanitizer" ${S5_BUDGET:-200} s5 || fail=1; }
 want 6 && { TAIL_LINES=80 stage 6 "bench --preset gpu" ${S6_BUDGET:-150} s6 || fail=1; }
+want 7 && { TAIL_LINES=60 stage 7 "cluster2 tier (forced only, new)" ${S7_BUDGET:-300} s7 || fail=1; }
 echo -e "\n**Overall: $([ $fail = 0 ] && echo PASS || echo FAIL)**" >> "$R"
 exit $fail

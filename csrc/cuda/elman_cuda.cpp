@@ -19,24 +19,26 @@
 #include "elman_launch.h"
 #include "fused_rnn.h"
 #include "persistent.h"
+#include "cluster2.h"
 
 namespace fused_rnn {
 
-std::vector<std::string> cuda_tier_names() { return {"batch_tiled", "persistent", "cluster", "fallback"}; }
+std::vector<std::string> cuda_tier_names() { return {"batch_tiled", "persistent", "cluster", "cluster2", "fallback"}; }
 
 namespace cuda {
 namespace {
 
-enum class Tier { Auto, BatchTiled, Persistent, Cluster, Fallback };
+enum class Tier { Auto, BatchTiled, Persistent, Cluster, Cluster2, Fallback };
 
 Tier parse_tier(const std::string& s) {
   if (s.empty()) return Tier::Auto;
   if (s == "batch_tiled") return Tier::BatchTiled;
   if (s == "persistent") return Tier::Persistent;
   if (s == "cluster") return Tier::Cluster;
+  if (s == "cluster2") return Tier::Cluster2;  // forced only: csrc/cuda/NOTES_cluster2.md
   if (s == "fallback") return Tier::Fallback;
   TORCH_CHECK(false, "fused_rnn (cuda): unknown tier '", s,
-              "'; choose one of '' (heuristic), 'batch_tiled', 'persistent', 'cluster', 'fallback'");
+              "'; choose one of '' (heuristic), 'batch_tiled', 'persistent', 'cluster', 'cluster2', 'fallback'");
   return Tier::Fallback;  // unreachable
 }
 
@@ -154,7 +156,9 @@ std::tuple<at::Tensor, at::Tensor> elman_fwd_cuda(const at::Tensor& P_in, const 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   bool done = false;
-  if (tr == Tier::Persistent || tr == Tier::Cluster) {
+  if (tr == Tier::Cluster2) {
+    done = elman_fwd_cluster2(p, P.scalar_type(), stream);
+  } else if (tr == Tier::Persistent || tr == Tier::Cluster) {
     done = elman_fwd_persistent(p, P.scalar_type(), tr == Tier::Cluster, stream);
   } else if (tr == Tier::BatchTiled || (tr == Tier::Auto && try_batch_tiled_first(H))) {
     done = FUSED_RNN_DTYPE_SWITCH(dt, batch_tiled_fwd, p, stream);
@@ -204,7 +208,9 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cuda(const at::Tensor& dY_in, const
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   bool done = false;
-  if (tr == Tier::Persistent || tr == Tier::Cluster) {
+  if (tr == Tier::Cluster2) {
+    done = elman_bwd_cluster2(p, st, stream);
+  } else if (tr == Tier::Persistent || tr == Tier::Cluster) {
     done = elman_bwd_persistent(p, st, tr == Tier::Cluster, stream);
   } else if (tr == Tier::BatchTiled || (tr == Tier::Auto && try_batch_tiled_first(H))) {
     done = FUSED_RNN_DTYPE_SWITCH(dt, batch_tiled_bwd, p, stream);

@@ -4,6 +4,8 @@ Tiers (docs/design.md, csrc/cuda/NOTES.md):
   batch_tiled  one CTA per batch tile holds all of w_hh in shared memory for the whole sequence (small H)
   persistent   hidden units split across a cooperative grid, one grid barrier per step (medium/large H)
   cluster      hidden units split across a Hopper thread-block cluster, h_t exchanged through DSMEM
+  cluster2     the cluster tier on tensor cores (mma.sync) with a DSMEM bulk-copy exchange; forced only, not yet
+               run on a GPU (csrc/cuda/NOTES_cluster2.md)
   fallback     any H, any B, any GPU: per step one cuBLAS GEMM (w_hh streamed from L2) + one pointwise kernel
 The C++ launcher falls back to ``fallback`` when a forced tier cannot run for this shape (shared memory,
 co-residency), so a forced tier never fails to produce a result. All tiers: fp64/fp32/fp16/bf16 storage, fp32
@@ -18,7 +20,10 @@ from torch import Tensor
 from .. import _ext
 
 NAME = "cuda"
-TIERS: tuple[str, ...] = ("batch_tiled", "persistent", "cluster", "fallback")
+TIERS: tuple[str, ...] = ("batch_tiled", "persistent", "cluster", "cluster2", "fallback")
+# Forced-only tiers that no GPU has run yet: the bench times them only when named (`--backends cuda:cluster2`), so
+# make gpu-check's bench stage measures the verified tiers whatever the new code does (it has its own stage).
+UNRUN_TIERS: tuple[str, ...] = ("cluster2",)
 
 
 def available() -> tuple[bool, str]:

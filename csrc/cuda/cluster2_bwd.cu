@@ -1,0 +1,46 @@
+// `cluster2` backward entry point (cluster2.h) and its kernel instantiations; the forward is cluster2_fwd.cu (two
+// translation units so the 2-core CI compiles them in parallel).
+#include "cluster2.h"
+
+#include "cluster2_kernel.cuh"
+
+namespace fused_rnn {
+namespace cuda {
+namespace {
+
+template <typename T>
+bool bwd_typed(const ElmanBwdParams& p, cudaStream_t stream) {
+  c2::Args<T> a{};
+  a.dY = static_cast<const T*>(p.dY);
+  a.dh_n = static_cast<const T*>(p.dh_n);
+  a.Ysaved = static_cast<const T*>(p.Y);
+  a.dA = static_cast<T*>(p.dA);
+  a.dh0 = static_cast<T*>(p.dh0);
+  a.w = static_cast<const T*>(p.w_hh);
+  a.lengths = p.lengths;
+  a.T_ = p.T;
+  a.B = p.B;
+  a.H = p.H;
+  a.reverse = p.reverse;
+  a.act = p.act;
+  return c2::launch_cluster2<T, true>(a, stream);
+}
+
+}  // namespace
+
+// fp16 / bf16 only: carry = dA @ w_hh on m16n8k16 tensor cores, the fp32 carry as hi + lo planes, fp32
+// accumulation. fp32 (IEEE or TF32) and fp64 return false (the dispatcher's fallback runs them).
+bool elman_bwd_cluster2(const ElmanBwdParams& p, at::ScalarType dtype, cudaStream_t stream) {
+  if (p.T < 1 || p.B < 1 || p.H < 1 || (p.act != 0 && p.act != 1)) return false;
+  switch (dtype) {
+    case at::ScalarType::Half:
+      return bwd_typed<__half>(p, stream);
+    case at::ScalarType::BFloat16:
+      return bwd_typed<__nv_bfloat16>(p, stream);
+    default:
+      return false;
+  }
+}
+
+}  // namespace cuda
+}  // namespace fused_rnn

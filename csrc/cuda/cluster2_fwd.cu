@@ -1,0 +1,45 @@
+// `cluster2` forward entry point (cluster2.h) and its kernel instantiations; the backward is cluster2_bwd.cu (two
+// translation units so the 2-core CI compiles them in parallel).
+#include "cluster2.h"
+
+#include "cluster2_kernel.cuh"
+
+namespace fused_rnn {
+namespace cuda {
+namespace {
+
+template <typename T>
+bool fwd_typed(const ElmanFwdParams& p, cudaStream_t stream) {
+  c2::Args<T> a{};
+  a.P = static_cast<const T*>(p.P);
+  a.h0 = static_cast<const T*>(p.h0);
+  a.Y = static_cast<T*>(p.Y);
+  a.h_n = static_cast<T*>(p.h_n);
+  a.w = static_cast<const T*>(p.w_hh);
+  a.lengths = p.lengths;
+  a.T_ = p.T;
+  a.B = p.B;
+  a.H = p.H;
+  a.reverse = p.reverse;
+  a.act = p.act;
+  return c2::launch_cluster2<T, false>(a, stream);
+}
+
+}  // namespace
+
+// fp16 / bf16 only: the step runs on m16n8k16 tensor cores with fp32 accumulation. fp32 (IEEE or TF32) and fp64
+// return false (the dispatcher's fallback runs them); allow_tf32 is not used.
+bool elman_fwd_cluster2(const ElmanFwdParams& p, at::ScalarType dtype, cudaStream_t stream) {
+  if (p.T < 1 || p.B < 1 || p.H < 1 || (p.act != 0 && p.act != 1)) return false;
+  switch (dtype) {
+    case at::ScalarType::Half:
+      return fwd_typed<__half>(p, stream);
+    case at::ScalarType::BFloat16:
+      return fwd_typed<__nv_bfloat16>(p, stream);
+    default:
+      return false;
+  }
+}
+
+}  // namespace cuda
+}  // namespace fused_rnn
