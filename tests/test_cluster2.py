@@ -41,9 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CUDA_DIR = ROOT / "csrc" / "cuda"
 KERNEL = CUDA_DIR / "cluster2_kernel.cuh"
 EMU_SRC = CUDA_DIR / "emulate" / "emulate_cluster2.cpp"
-DT = {torch.float16: 2, torch.bfloat16: 3, torch.float32: 0}
+TF32 = "tf32"  # a case's dtype slot: fp32 storage with allow_tf32 (TF32 products)
+DT = {torch.float16: 2, torch.bfloat16: 3, torch.float32: 0, TF32: 4}  # emulator codes; 0 = IEEE fp32 (refused)
 POLICY_RANDOM, POLICY_LAZY, POLICY_EAGER = 0, 1, 2  # + 3: CTAs in a seeded priority order instead of random picks
-N_KERNELS = 24  # 2 dtypes x 2 directions x 3 tile classes x 2 batch-tile widths
+N_KERNELS = 36  # 3 dtypes (fp16, bf16, fp32 as TF32) x 2 directions x 3 tile classes x 2 batch-tile widths
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -96,6 +97,8 @@ template KernelFn<__nv_bfloat16> pick_kernel<__nv_bfloat16, false>(int, int);
 template KernelFn<__nv_bfloat16> pick_kernel<__nv_bfloat16, true>(int, int);
 template KernelFn<__half> pick_kernel<__half, false>(int, int);
 template KernelFn<__half> pick_kernel<__half, true>(int, int);
+template KernelFn<float> pick_kernel<float, false>(int, int);
+template KernelFn<float> pick_kernel<float, true>(int, int);
 }}}
 """
 
@@ -207,8 +210,10 @@ def test_sass_hmma_and_no_gpu_fence_in_the_loop(sm90a: tuple[Path, str]) -> None
     funcs = {k: v for k, v in _sass_functions(r.stdout).items() if "elman_cluster2_kernel" in k}
     assert len(funcs) == N_KERNELS, sorted(funcs)
     for name, ins in funcs.items():
-        # The fp16 MMA disassembles as HMMA.16816.F32 (fp16 inputs are the default), bf16 as HMMA.16816.F32.BF16.
-        hmma = re.compile(r"HMMA\.16816\.F32\.BF16\b" if "bfloat16" in name else r"HMMA\.16816\.F32(?!\.BF16)\b")
+        # The fp16 MMA disassembles as HMMA.16816.F32 (fp16 inputs are the default), bf16 as HMMA.16816.F32.BF16,
+        # TF32 (fp32 kernels, mangled "kernelIf...") as HMMA.1688.F32.TF32.
+        hmma = re.compile(r"HMMA\.16816\.F32\.BF16\b" if "bfloat16" in name else
+                          r"HMMA\.1688\.F32\.TF32\b" if "kernelIf" in name else r"HMMA\.16816\.F32(?!\.BF16)\b")
         text = [s for _, s in ins]
         assert any(hmma.search(s) for s in text), name
         assert not any(re.search(r"\b(LDL|STL)\b", s) for s in text), f"{name}: local memory"
@@ -221,7 +226,8 @@ def test_sass_hmma_and_no_gpu_fence_in_the_loop(sm90a: tuple[Path, str]) -> None
         # The exchange's only cluster-wide barriers are the two outside the loop (start and end).
         assert sum("UCGABAR_ARV" in s for s in text) == 2, name
         print(f"{name}: {len(ins)} instructions, loop {hex(lo)}-{hex(hi)}, "
-              f"{sum('HMMA' in s for s in loop)} HMMA in it, {sum('MEMBAR.ALL.GPU' in s for s in text)} MEMBAR.ALL.GPU in the kernel")
+              f"{sum('HMMA' in s for s in loop)} HMMA in it, "
+              f"{sum('MEMBAR.ALL.GPU' in s for s in text)} MEMBAR.ALL.GPU in the kernel")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,7 +250,7 @@ def _build_emulator(out: Path, include_first: Path | None = None, bf16_only: boo
     tail = [ctypes.c_ulonglong, ctypes.c_char_p, i]
     lib.c2emu_fwd.argtypes = [i] + [vp] * 6 + [i] * 8 + tail
     lib.c2emu_bwd.argtypes = [i] + [vp] * 7 + [i] * 8 + tail
-    lib.c2emu_plan.argtypes = [i] * 5 + [ctypes.POINTER(ctypes.c_int)]
+    lib.c2emu_plan.argtypes = [i] * 6 + [ctypes.POINTER(ctypes.c_int)]
     return lib
 
 
@@ -257,8 +263,13 @@ def _p(t: torch.Tensor | None) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr() if t is not None else None)
 
 
-def _inputs(T: int, B: int, H: int, dtype: torch.dtype, seed: int, varlen: bool):
+def _storage(dtype: torch.dtype | str) -> torch.dtype:
+    return torch.float32 if dtype == TF32 else dtype
+
+
+def _inputs(T: int, B: int, H: int, dtype: torch.dtype | str, seed: int, varlen: bool):
     """Random P [T,B,H], h0 [B,H] (non-zero), w_hh [H,H] (nn.RNN's init scale), dY [T,B,H], dh_n [B,H], lengths."""
+    dtype = _storage(dtype)
     g = torch.Generator().manual_seed(seed)
     P = torch.randn(T, B, H, generator=g, dtype=torch.float64)
     h0 = torch.rand(B, H, generator=g, dtype=torch.float64) * 2 - 1
@@ -273,7 +284,8 @@ def _inputs(T: int, B: int, H: int, dtype: torch.dtype, seed: int, varlen: bool)
 
 
 def _emu_run(lib: ctypes.CDLL, bwd: bool, args: list, T: int, B: int, H: int, rev: bool, act: str, force_mt: int,
-             force_nt: int, policy: int, seed: int) -> tuple[int, str, torch.Tensor, torch.Tensor]:
+             force_nt: int, policy: int, seed: int,
+             tf32: bool = False) -> tuple[int, str, torch.Tensor, torch.Tensor]:
     """One emulated launch. Forward args (P, h0, w, L) -> (rc, msg, Y, h_n); backward (dY, dhn, Y, w, L) ->
     (rc, msg, dA, dh0). Outputs start as NaN, so an element the kernel never wrote shows."""
     msg = ctypes.create_string_buffer(4096)
@@ -282,8 +294,8 @@ def _emu_run(lib: ctypes.CDLL, bwd: bool, args: list, T: int, B: int, H: int, re
     o2 = torch.full((B, H), float("nan"), dtype=first.dtype)
     a = 0 if act == "tanh" else 1
     fn = lib.c2emu_bwd if bwd else lib.c2emu_fwd
-    rc = fn(DT[first.dtype], *[_p(x) for x in args], _p(o1), _p(o2), T, B, H, int(rev), a, force_mt, force_nt,
-            policy, seed, msg, 4096)
+    rc = fn(DT[TF32 if tf32 else first.dtype], *[_p(x) for x in args], _p(o1), _p(o2), T, B, H, int(rev), a,
+            force_mt, force_nt, policy, seed, msg, 4096)
     return rc, msg.value.decode(errors="replace"), o1, o2
 
 
@@ -306,13 +318,49 @@ def _violations(case: tuple, outs: dict[str, torch.Tensor], refs: dict[str, tupl
     return bad
 
 
+def _tf32(x: torch.Tensor) -> torch.Tensor:
+    """fp32 -> tf32 (10 mantissa bits, ties away from zero: cvt.rna), as fp32. Finite inputs."""
+    u = x.float().contiguous().view(torch.int32)
+    return ((u + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def _ref_tf32(P, h0, w, dY, dhn, Ys, L, rev: bool, act: str):
+    """The reference in TF32: the contract's forward / backward in fp32 with every matmul operand rounded to tf32
+    (state or carry and w_hh) and exact products summed in fp64. Shapes as ref.forward / ref.backward."""
+    T, B, H = P.shape
+    steps = range(T)
+    valid = [torch.ones(B, dtype=torch.bool) if L is None else torch.as_tensor(t < L) for t in steps]
+    f = torch.tanh if act == "tanh" else torch.relu
+    W = _tf32(w).double()
+    h, Y = h0.float(), torch.zeros(T, B, H)
+    for s in steps:
+        t = T - 1 - s if rev else s
+        hn = f((P[t].double() + _tf32(h).double() @ W.T).float())
+        Y[t] = torch.where(valid[t][:, None], hn, torch.zeros_like(hn))
+        h = torch.where(valid[t][:, None], hn, h)
+    carry, dA = dhn.float(), torch.zeros(T, B, H)
+    for s in steps:
+        t = s if rev else T - 1 - s
+        y = Ys[t].float()
+        da = ((1 - y * y) if act == "tanh" else (y > 0).float()) * (dY[t].float() + carry)
+        dA[t] = torch.where(valid[t][:, None], da, torch.zeros_like(da))
+        carry = torch.where(valid[t][:, None], (_tf32(da).double() @ W).float(), carry)
+    return Y, h, dA, carry
+
+
 def _references(T, B, H, dtype, rev, varlen, act, seed):
+    """Inputs and {output: (reference in this precision, fp64 oracle)}; backward on the in-precision reference's Y
+    rounded to the storage dtype (the IEEE reference's for TF32)."""
     P, h0, w, dY, dhn, L = _inputs(T, B, H, dtype, seed, varlen)
     Yr, hnr = ref.forward(P, h0, w, L, rev, act)
     Yo, hno = ref.forward(P.double(), h0.double(), w.double(), L, rev, act)
     dAr, dh0r = ref.backward(dY, dhn, Yr, w, L, rev, act)
     dAo, dh0o = ref.backward(dY.double(), dhn.double(), Yr.double(), w.double(), L, rev, act)
-    refs = {"Y": (Yr, Yo), "h_n": (hnr, hno), "dA": (dAr, dAo), "dh0": (dh0r, dh0o)}
+    if dtype == TF32:
+        Yr_, hnr, dAr, dh0r = _ref_tf32(P, h0, w, dY, dhn, Yr, L, rev, act)
+        refs = {"Y": (Yr_, Yo), "h_n": (hnr, hno), "dA": (dAr, dAo), "dh0": (dh0r, dh0o)}
+    else:
+        refs = {"Y": (Yr, Yo), "h_n": (hnr, hno), "dA": (dAr, dAo), "dh0": (dh0r, dh0o)}
     return (P, h0, w, dY, dhn, L, Yr), refs
 
 
@@ -324,10 +372,11 @@ def _emulate_case(lib: ctypes.CDLL, case: tuple, policy: int, seed: int = 1, sch
     T, B, H, dtype, rev, varlen, act, fmt, fnt = case
     (P, h0, w, dY, dhn, L, Yr), refs = _references(T, B, H, dtype, rev, varlen, act, seed)
     errors: list[str] = []
-    rc, msg, Y, hn = _emu_run(lib, False, [P, h0, w, L], T, B, H, rev, act, fmt, fnt, policy, sched)
+    tf32 = dtype == TF32
+    rc, msg, Y, hn = _emu_run(lib, False, [P, h0, w, L], T, B, H, rev, act, fmt, fnt, policy, sched, tf32)
     if rc != 1:
         errors.append(f"forward rc={rc}: {msg}")
-    rc, msg, dA, dh0 = _emu_run(lib, True, [dY, dhn, Yr, w, L], T, B, H, rev, act, fmt, fnt, policy, sched)
+    rc, msg, dA, dh0 = _emu_run(lib, True, [dY, dhn, Yr, w, L], T, B, H, rev, act, fmt, fnt, policy, sched, tf32)
     if rc != 1:
         errors.append(f"backward rc={rc}: {msg}")
     outs = {"Y": Y, "h_n": hn, "dA": dA, "dh0": dh0}
@@ -336,9 +385,10 @@ def _emulate_case(lib: ctypes.CDLL, case: tuple, policy: int, seed: int = 1, sch
     return errors, outs
 
 
-def _plan(lib: ctypes.CDLL, H: int, B: int, bwd: bool, fmt: int = 0, fnt: int = 0) -> dict[str, int] | None:
+def _plan(lib: ctypes.CDLL, H: int, B: int, bwd: bool, fmt: int = 0, fnt: int = 0,
+          elem: int = 2) -> dict[str, int] | None:
     out = (ctypes.c_int * 7)()
-    if lib.c2emu_plan(H, B, int(bwd), fmt, fnt, out) == 0:
+    if lib.c2emu_plan(H, B, int(bwd), elem, fmt, fnt, out) == 0:
         return None
     return dict(zip(("C", "mt_n", "kt_n", "BT", "smem", "ntiles", "mma_warps"), out))
 
@@ -354,6 +404,9 @@ EMU_CASES = [
     (2, 1, 1000, torch.bfloat16, False, False, "tanh", 0, 0),  # mt 4, C=16: the largest cluster, all 8 warps
     (5, 4, 64, torch.bfloat16, True, True, "tanh", 4, 0),     # C=1 (no exchange), 4 m tiles in one CTA
     (1, 1, 1, torch.float16, True, True, "relu", 0, 0),       # T=1, H=1
+    (5, 3, 17, TF32, False, True, "tanh", 0, 0),              # fp32 as TF32 (m16n8k8), BT 8
+    (3, 2, 700, TF32, True, True, "relu", 0, 0),              # TF32 mt 3 on its (3, 6) class, C=15
+    (4, 20, 100, TF32, False, True, "tanh", 0, 2),            # TF32, BT 16, two clusters
 ]
 
 
@@ -397,9 +450,14 @@ def test_plans(emu: ctypes.CDLL) -> None:
         assert _plan(emu, 1025, 1, bwd) is None
         assert _plan(emu, 256, 1, bwd)["C"] == 16 and _plan(emu, 257, 1, bwd)["mt_n"] == 2
         assert _plan(emu, 512, 8, bwd)["BT"] == 8 and _plan(emu, 512, 300, bwd)["BT"] == 16
+    # TF32 (fp32 with allow_tf32): A twice as wide, so at most 3 m-tiles per CTA: H <= 768.
+    for bwd in (False, True):
+        p = _plan(emu, 768, 16, bwd, elem=4)
+        assert p is not None and p["C"] == 16 and p["mt_n"] == 3 and p["smem"] <= 227 * 1024, p
+        assert _plan(emu, 769, 1, bwd, elem=4) is None
     P, h0, w, _, _, _ = _inputs(2, 1, 16, torch.float32, 0, False)
     rc, _, _, _ = _emu_run(emu, False, [P, h0, w, None], 2, 1, 16, False, "tanh", 0, 0, 0, 0)
-    assert rc == 0  # fp32: refused
+    assert rc == 0  # IEEE fp32: refused
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -409,7 +467,10 @@ def test_plans(emu: ctypes.CDLL) -> None:
 MUTANTS = {
     "A_lane_map": ("A[mt][kt][1] = on ? a_pair<T, kBwd>(a.w, H, m + 8, k) : 0u;",
                    "A[mt][kt][1] = on ? a_pair<T, kBwd>(a.w, H, m, k + 8) : 0u;"),
-    "B_lane_map_x4": ("(p * BT + nt * 8 + row) * pitch + h * 16)", "(p * BT + nt * 8 + row) * pitch + (1 - h) * 16)"),
+    "A_lane_map_tf32": ("A[mt][kt][4 * hk + 1] = on ? a_elem<T, kBwd>(a.w, H, m + 8, k) : 0u;",
+                        "A[mt][kt][4 * hk + 1] = on ? a_elem<T, kBwd>(a.w, H, m, k + 4) : 0u;"),
+    "B_lane_map_x4": ("(p * BT + nt * 8 + row) * pitch + j * 16)",
+                      "(p * BT + nt * 8 + row) * pitch + (MPQ - 1 - j) * 16)"),
     "B_lane_map_x2": ("row * pitch + ((lane >> 3) & 1) * 16", "row * pitch + (1 - ((lane >> 3) & 1)) * 16"),
     "C_lane_map": ("int c_du(int e) { return 8 * (e >> 1); }\n__device__ __forceinline__ int c_dn(int e) { return e & 1; }",  # noqa: E501
                    "int c_du(int e) { return 8 * (e & 1); }\n__device__ __forceinline__ int c_dn(int e) { return e >> 1; }"),  # noqa: E501
@@ -420,6 +481,7 @@ MUTANTS = {
 }
 MUTANT_CASE = (7, 3, 100, torch.bfloat16, True, True, "tanh", 0, 0)  # C=7; forward BT 8 uses ldmatrix.x2
 MUTANT_CASE_X4 = (5, 11, 60, torch.bfloat16, False, True, "tanh", 0, 2)  # forward BT 16 uses ldmatrix.x4
+MUTANT_CASE_TF32 = (5, 3, 100, TF32, True, True, "tanh", 0, 0)  # the TF32 (m16n8k8) fragment maps
 MUTANT_POLICIES = (POLICY_RANDOM, POLICY_LAZY, POLICY_EAGER, POLICY_RANDOM + 3, POLICY_LAZY + 3)
 
 
@@ -431,20 +493,22 @@ def test_mutant_is_caught(mutant: str, tmp_path: Path) -> None:
     src = KERNEL.read_text()
     assert src.count(old) == 1, f"mutation site of {mutant} not found exactly once: update MUTANTS"
     (tmp_path / KERNEL.name).write_text(src.replace(old, new))
-    lib = _build_emulator(tmp_path / "libmut.so", include_first=tmp_path, bf16_only=True)
+    tf32 = mutant.endswith("_tf32")  # a TF32-only site: the full build (bf16-only builds compile faster)
+    lib = _build_emulator(tmp_path / "libmut.so", include_first=tmp_path, bf16_only=not tf32)
     caught = []
-    for case in (MUTANT_CASE, MUTANT_CASE_X4):
+    cases = (MUTANT_CASE_TF32,) if tf32 else (MUTANT_CASE, MUTANT_CASE_X4)
+    for case in cases:
         for policy in MUTANT_POLICIES:
             errors, _ = _emulate_case(lib, case, policy)
             if errors:
                 caught.append((_case_id(case), policy, errors[0][:200]))
-    print(f"{mutant}: caught by {len(caught)} of {2 * len(MUTANT_POLICIES)} runs", *caught[:3], sep="\n  ")
+    print(f"{mutant}: caught by {len(caught)} of {len(cases) * len(MUTANT_POLICIES)} runs", *caught[:3], sep="\n  ")
     assert caught, f"{mutant} passed every emulated run"
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("case", [MUTANT_CASE, MUTANT_CASE_X4], ids=_case_id)
+@pytest.mark.parametrize("case", [MUTANT_CASE, MUTANT_CASE_X4, MUTANT_CASE_TF32], ids=_case_id)
 def test_unmutated_kernel_passes_every_mutant_schedule(emu: ctypes.CDLL, case: tuple) -> None:
     """The control of the mutation tests: the kernel as built passes every case x schedule they use."""
     for policy in MUTANT_POLICIES:
@@ -457,12 +521,12 @@ def test_unmutated_kernel_passes_every_mutant_schedule(emu: ctypes.CDLL, case: t
 # right with the tier forced; the harness (csrc/cuda/harness/cluster2_harness.cu) shows the tier itself ran.
 # ---------------------------------------------------------------------------------------------------------------
 
-GPU_CASES = [(T, B, H, dt, rev, varlen, act)
-             for (T, B, H, dt, rev, varlen, act) in [
-                 (9, 3, 17, torch.bfloat16, False, True, "tanh"), (33, 5, 100, torch.float16, True, True, "relu"),
-                 (17, 16, 512, torch.bfloat16, True, True, "tanh"), (64, 1, 1024, torch.bfloat16, False, False, "tanh"),
-                 (12, 40, 1000, torch.float16, True, True, "tanh"), (7, 300, 256, torch.bfloat16, False, True, "relu"),
-             ]]
+GPU_CASES = [  # (T, B, H, dtype, reverse, varlen, act)
+    (9, 3, 17, torch.bfloat16, False, True, "tanh"), (33, 5, 100, torch.float16, True, True, "relu"),
+    (17, 16, 512, torch.bfloat16, True, True, "tanh"), (64, 1, 1024, torch.bfloat16, False, False, "tanh"),
+    (12, 40, 1000, torch.float16, True, True, "tanh"), (7, 300, 256, torch.bfloat16, False, True, "relu"),
+    (11, 7, 600, TF32, True, True, "tanh"),
+]
 
 
 @needs_gpu
@@ -477,9 +541,10 @@ def test_gpu_op_matches_reference(case: tuple) -> None:
     outs = []
     for _ in range(2):
         torch.cuda.empty_cache()
-        Y, hn = torch.ops.fused_rnn.elman_fwd(P.to(dev), h0.to(dev), w.to(dev), Lc, rev, act, "cluster2", False)
+        tf32 = dtype == TF32
+        Y, hn = torch.ops.fused_rnn.elman_fwd(P.to(dev), h0.to(dev), w.to(dev), Lc, rev, act, "cluster2", tf32)
         dA, dh0 = torch.ops.fused_rnn.elman_bwd(dY.to(dev), dhn.to(dev), Yr.to(dev), w.to(dev), Lc, rev, act,
-                                                "cluster2", False)
+                                                "cluster2", tf32)
         torch.cuda.synchronize()
         outs.append({"Y": Y.cpu(), "h_n": hn.cpu(), "dA": dA.cpu(), "dh0": dh0.cpu()})
     assert not _violations(case, outs[0], refs)

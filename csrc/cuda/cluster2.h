@@ -2,9 +2,9 @@
 // Implemented in cluster2_fwd.cu / cluster2_bwd.cu, kernels in cluster2_kernel.cuh, notes in NOTES_cluster2.md.
 //
 // Each returns false -- having launched nothing and leaving no CUDA error pending -- when the tier cannot run this
-// call: dtype other than fp16 / bf16, H > 1024, shared memory, no cluster of the needed size fits, a pre-sm_90
-// device or a build without sm_90 code. The dispatcher then runs `fallback`. Forced only (FUSED_RNN_CUDA_TIER=
-// cluster2) until a GPU report shows it correct and faster.
+// call: fp64, fp32 without allow_tf32, H > 1024 (fp16 / bf16) or > 768 (TF32), shared memory, no cluster of the
+// needed size fits, a pre-sm_90 device or a build without sm_90 code. The dispatcher then runs `fallback`.
+// Forced only (FUSED_RNN_CUDA_TIER=cluster2) until a GPU report shows it correct and faster.
 #pragma once
 
 #include <cuda_runtime.h>

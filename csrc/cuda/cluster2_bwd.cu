@@ -28,8 +28,8 @@ bool bwd_typed(const ElmanBwdParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-// fp16 / bf16 only: carry = dA @ w_hh on m16n8k16 tensor cores, the fp32 carry as hi + lo planes, fp32
-// accumulation. fp32 (IEEE or TF32) and fp64 return false (the dispatcher's fallback runs them).
+// fp16 / bf16: carry = dA @ w_hh on m16n8k16 tensor cores, the fp32 carry as hi + lo planes, fp32 accumulation.
+// fp32 only under allow_tf32 (m16n8k8 TF32 products, H <= 768); IEEE fp32 and fp64 return false (fallback).
 bool elman_bwd_cluster2(const ElmanBwdParams& p, at::ScalarType dtype, cudaStream_t stream) {
   if (p.T < 1 || p.B < 1 || p.H < 1 || (p.act != 0 && p.act != 1)) return false;
   switch (dtype) {
@@ -37,6 +37,8 @@ bool elman_bwd_cluster2(const ElmanBwdParams& p, at::ScalarType dtype, cudaStrea
       return bwd_typed<__half>(p, stream);
     case at::ScalarType::BFloat16:
       return bwd_typed<__nv_bfloat16>(p, stream);
+    case at::ScalarType::Float:
+      return p.allow_tf32 && bwd_typed<float>(p, stream);
     default:
       return false;
   }

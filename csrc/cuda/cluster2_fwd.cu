@@ -27,8 +27,8 @@ bool fwd_typed(const ElmanFwdParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-// fp16 / bf16 only: the step runs on m16n8k16 tensor cores with fp32 accumulation. fp32 (IEEE or TF32) and fp64
-// return false (the dispatcher's fallback runs them); allow_tf32 is not used.
+// fp16 / bf16: the step on m16n8k16 tensor cores with fp32 accumulation. fp32 only under allow_tf32 (m16n8k8
+// TF32 products, H <= 768); IEEE fp32 and fp64 return false (the dispatcher's fallback runs them).
 bool elman_fwd_cluster2(const ElmanFwdParams& p, at::ScalarType dtype, cudaStream_t stream) {
   if (p.T < 1 || p.B < 1 || p.H < 1 || (p.act != 0 && p.act != 1)) return false;
   switch (dtype) {
@@ -36,6 +36,8 @@ bool elman_fwd_cluster2(const ElmanFwdParams& p, at::ScalarType dtype, cudaStrea
       return fwd_typed<__half>(p, stream);
     case at::ScalarType::BFloat16:
       return fwd_typed<__nv_bfloat16>(p, stream);
+    case at::ScalarType::Float:
+      return p.allow_tf32 && fwd_typed<float>(p, stream);
     default:
       return false;
   }

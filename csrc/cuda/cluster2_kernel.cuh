@@ -21,7 +21,9 @@
 // full argument; the CPU emulation runs the protocol under adversarial schedules.
 //
 // Backward: carry[b][k] = sum_j dA[b][j] w[j][k] -- the same MMA with A = w_hhᵀ slice and the fp32 carry split into
-// two storage-dtype planes hi = T(x), lo = T(x - hi) (x = hi + lo to ~2^-17 relative for bf16), two MMAs per tile.
+// two storage-dtype planes hi = T(x), lo = T(x - hi) (x = hi + lo to ~2^-18 relative for bf16), two MMAs per tile.
+// fp32 storage runs only under allow_tf32: m16n8k8 TF32 MMAs (two per k16 tile), the state / carry kept in fp32 in
+// shared memory and rounded to tf32 as it is loaded, W rounded once; classes up to 3 m-tiles per CTA (H <= 768).
 //
 // Shapes: T time, B batch, H hidden, BT batch rows per cluster, HS units per CTA, C CTAs per cluster.
 #pragma once
@@ -62,8 +64,10 @@ struct Plan {
   int kt_n;       // k16 tiles per MMA warp
   int mma_warps;  // warps that own k tiles: ceil(kt_total / kt_n)
   int BT;         // batch rows per cluster: 8 (NT = 1) or 16 (NT = 2)
-  int planes;     // state planes: 1 (forward: h in the storage dtype), 2 (backward: the fp32 carry as hi + lo)
-  int pitch;      // bytes per state row of a chunk: 2 * HS + 16 (an odd multiple of 16 B: ldmatrix conflict-free)
+  int planes;     // state planes: 1 (forward: h in the storage dtype; tf32 backward: the fp32 carry), 2 (fp16 /
+                  //   bf16 backward: the fp32 carry as hi + lo)
+  int elem;       // bytes per state element: 2 (fp16 / bf16), 4 (fp32 under TF32)
+  int pitch;      // bytes per state row of a chunk: elem * HS + 16 (an odd multiple of 16 B: ldmatrix conflict-free)
   int chunk;      // bytes of one CTA's slice of one slot, planes * BT * pitch: ONE bulk copy per peer and step
   int slot;       // bytes of one slot, C * chunk
   int off_slots;  // dynamic smem: [0, 16) the kSlots mbarriers, [off_slots, off_red) the slots,
@@ -75,12 +79,15 @@ struct Plan {
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 // The tile class a plan runs on: register arrays are sized by (MT, KT), the plan's mt_n / kt_n are <= those.
-inline int class_mt(int mt_n) { return mt_n <= 1 ? 1 : (mt_n <= 2 ? 2 : 4); }
+// fp16 / bf16: (1, 2), (2, 4), (4, 8) -- mt_n = 3 runs on (4, 8). TF32 (A twice as wide: 8 registers per tile):
+// (1, 2), (2, 4), (3, 6) and no mt_n = 4 (256 registers of A).
+inline int class_mt(int mt_n, int elem) { return mt_n <= 2 ? (mt_n < 1 ? 1 : mt_n) : (elem == 4 ? 3 : 4); }
 inline int class_kt(int mt) { return 2 * mt; }  // 8 warps x 2*MT k16 tiles = 16 * MT tiles = 16 CTAs x MT tiles
+inline int max_mt(int elem) { return elem == 4 ? 3 : 4; }
 
 // False when H needs more than kMaxCluster CTAs at this mt_n or the k tiles do not fit the class's registers.
-inline bool make_plan(int H, int B, int mt_n, int NT, int planes, Plan* pl) {
-  if (H < 1 || B < 1 || mt_n < 1 || mt_n > 4 || (NT != 1 && NT != 2)) return false;
+inline bool make_plan(int H, int B, int mt_n, int NT, int planes, int elem, Plan* pl) {
+  if (H < 1 || B < 1 || mt_n < 1 || mt_n > max_mt(elem) || (NT != 1 && NT != 2)) return false;
   Plan p{};
   p.mt_n = mt_n;
   p.HS = 16 * mt_n;
@@ -88,11 +95,12 @@ inline bool make_plan(int H, int B, int mt_n, int NT, int planes, Plan* pl) {
   if (p.C > kMaxCluster) return false;
   p.kt_total = p.C * mt_n;
   p.kt_n = ceil_div(p.kt_total, kWarps);
-  if (p.kt_n > class_kt(class_mt(mt_n))) return false;
+  if (p.kt_n > class_kt(class_mt(mt_n, elem))) return false;
   p.mma_warps = ceil_div(p.kt_total, p.kt_n);
   p.BT = 8 * NT;
   p.planes = planes;
-  p.pitch = 2 * p.HS + 16;
+  p.elem = elem;
+  p.pitch = elem * p.HS + 16;
   p.chunk = planes * p.BT * p.pitch;
   p.slot = p.C * p.chunk;
   p.off_slots = 128;
@@ -130,17 +138,26 @@ template <>
 __device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
 template <>
 __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <>
+__device__ __forceinline__ float to_f<float>(float x) { return x; }
 template <typename T>
 __device__ __forceinline__ T from_f(float x);
 template <>
 __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <>
+__device__ __forceinline__ float from_f<float>(float x) { return x; }
 
 template <typename T>
 __device__ __forceinline__ uint32_t bits16(T x) {
   uint16_t u;
   memcpy(&u, &x, 2);
+  return u;
+}
+__device__ __forceinline__ uint32_t bits32(float x) {
+  uint32_t u;
+  memcpy(&u, &x, 4);
   return u;
 }
 
@@ -162,12 +179,15 @@ __device__ __forceinline__ int length_of(const int64_t* lengths, int b, int T) {
 __device__ __forceinline__ int c_du(int e) { return 8 * (e >> 1); }
 __device__ __forceinline__ int c_dn(int e) { return e & 1; }
 
+#if FUSED_RNN_C2_BODY
 // Element (m, k) of the MMA's A operand, m an output unit and k a reduction index (both global, 0 past H):
 // forward a = s @ w_hhᵀ, so A[m][k] = w[m][k]; backward carry = dA @ w_hh, so A[m][k] = w[k][m].
 template <typename T, bool kBwd>
 __device__ __forceinline__ uint32_t a_elem(const T* __restrict__ w, int H, int m, int k) {
   if (m >= H || k >= H) return 0u;
-  return bits16<T>(kBwd ? w[static_cast<size_t>(k) * H + m] : w[static_cast<size_t>(m) * H + k]);
+  const T v = kBwd ? w[static_cast<size_t>(k) * H + m] : w[static_cast<size_t>(m) * H + k];
+  if constexpr (sizeof(T) == 4) return cvt_tf32(bits32(v));  // TF32: one element per register, rounded
+  else return bits16<T>(v);
 }
 // The 32-bit A register holding elements (m, k) (low half) and (m, k + 1) (high half).
 template <typename T, bool kBwd>
@@ -175,16 +195,18 @@ __device__ __forceinline__ uint32_t a_pair(const T* __restrict__ w, int H, int m
   return a_elem<T, kBwd>(w, H, m, k) | (a_elem<T, kBwd>(w, H, m, k + 1) << 16);
 }
 
-#if FUSED_RNN_C2_BODY
-// B fragments of one k16 tile for every plane p and n8 tile nt: bf[p][nt] = {k 0..7, k 8..15} of the tile.
-// The state is stored [plane][n][unit] per chunk (row n = one batch row, `pitch` bytes), i.e. B "col" layout:
-// 8x8 matrix q = (p * NT + nt) * 2 + h has rows n = nt*8 .. nt*8 + 7 and columns 8h .. 8h + 7 of the tile, so lane
-// l receives (n = nt*8 + l/4, k = 8h + 2(l%4) .. +1) -- exactly b0/b1 (h = 0) and b2/b3 (h = 1) of the PTX layout.
+// B fragments of one k16 tile for every plane p and n8 tile nt. The state is stored [plane][n][unit] per chunk (row n
+// = one batch row, `pitch` bytes), i.e. the B "col" layout; ldmatrix (no transpose) hands lane l the 32-bit word l%4 of
+// row l/4 of each 8x8-b16 matrix (8 rows x 16 bytes). Matrix q = (p * NT + nt) * MPQ + j covers rows nt*8 .. +7 and
+// bytes 16j .. 16j+15 of the tile, so lane l receives (n = nt*8 + l/4, word l%4 of those bytes):
+//   fp16 / bf16 (MPQ = 2): j = 0 -> k 2t, 2t+1 = b0b1, j = 1 -> k 8+2t, 9+2t = b2b3 (m16n8k16 B layout);
+//   TF32 (MPQ = 4, 4-byte elements): j -> k 4j + t, i.e. b0, b1 of the first k8 half (j = 0, 1) and of the second
+//   (j = 2, 3) (m16n8k8 B layout: b0 = k t, b1 = k t+4), each rounded to tf32 here.
 // `base` is the tile's first column in row 0 of plane 0 of its chunk.
-template <int NP, int NT>
-__device__ __forceinline__ void load_b_frags(uint32_t (&bf)[NP][NT][2], saddr_t base, int pitch, int lane) {
+template <int NP, int NT, int MPQ>
+__device__ __forceinline__ void load_b_frags(uint32_t (&bf)[NP][NT][MPQ], saddr_t base, int pitch, int lane) {
   constexpr int BT = 8 * NT;
-  constexpr int Q = 2 * NT * NP;
+  constexpr int Q = MPQ * NT * NP;
   const int row = lane & 7;
   if constexpr (Q == 2) {
     uint32_t r[2];
@@ -195,13 +217,13 @@ __device__ __forceinline__ void load_b_frags(uint32_t (&bf)[NP][NT][2], saddr_t 
 #pragma unroll
     for (int q0 = 0; q0 < Q; q0 += 4) {
       const int q = q0 + (lane >> 3);
-      const int h = q & 1, nt = (q >> 1) % NT, p = (q >> 1) / NT;
+      const int j = q % MPQ, nt = (q / MPQ) % NT, p = (q / MPQ) / NT;
       uint32_t r[4];
-      ldmatrix_x4(r, base + static_cast<saddr_t>((p * BT + nt * 8 + row) * pitch + h * 16));
+      ldmatrix_x4(r, base + static_cast<saddr_t>((p * BT + nt * 8 + row) * pitch + j * 16));
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int qq = q0 + j;
-        bf[(qq >> 1) / NT][(qq >> 1) % NT][qq & 1] = r[j];
+      for (int i = 0; i < 4; ++i) {
+        const int qq = q0 + i;
+        bf[(qq / MPQ) / NT][(qq / MPQ) % NT][qq % MPQ] = MPQ == 4 ? cvt_tf32(r[i]) : r[i];
       }
     }
   }
@@ -225,7 +247,11 @@ __device__ __forceinline__ void mbar_wait(saddr_t bar, uint32_t parity) {
 template <typename T, int MT, int KT, int NT, bool kBwd>
 __global__ void __launch_bounds__(kThreads, 1) elman_cluster2_kernel(const Args<T> a) {
 #if FUSED_RNN_C2_BODY
-  constexpr int NP = kBwd ? 2 : 1;
+  constexpr bool kTF32 = sizeof(T) == 4;  // fp32 storage, TF32 products (only under allow_tf32)
+  constexpr int E = static_cast<int>(sizeof(T));  // bytes per state element
+  constexpr int AR = kTF32 ? 8 : 4;       // A registers per (m16, k16) tile: two m16n8k8 halves for TF32
+  constexpr int MPQ = kTF32 ? 4 : 2;      // ldmatrix 8x8-b16 matrices (B registers) per (plane, n8 tile, k16 tile)
+  constexpr int NP = (kBwd && !kTF32) ? 2 : 1;  // state planes (fp16 / bf16 backward: the carry as hi + lo)
   constexpr int BT = 8 * NT;
   const Plan pl = a.plan;
   unsigned char* smem = dyn_smem();
@@ -241,23 +267,36 @@ __global__ void __launch_bounds__(kThreads, 1) elman_cluster2_kernel(const Args<
   unsigned char* slots = smem + pl.off_slots;
   float4* red = reinterpret_cast<float4*>(smem + pl.off_red);
 
-  // ---- A fragments of this warp's k16 tiles, for the whole sequence (PTX m16n8k16 A layout: lane l = 4g + t holds
-  // rows g / g+8 and column pairs 2t / 2t+8 of the 16x16 tile).
+  // ---- A fragments of this warp's k16 tiles, for the whole sequence. PTX m16n8k16 A layout (fp16 / bf16): lane
+  // l = 4g + t holds rows g / g+8 and column pairs 2t / 2t+8 of the 16x16 tile. m16n8k8 TF32 layout, per k8 half
+  // hk: rows g / g+8, columns t / t+4 of the half, one element per register.
   const int kt0 = warp * pl.kt_n;
   const int kt_my = pl.kt_total - kt0 < pl.kt_n ? pl.kt_total - kt0 : pl.kt_n;  // <= 0: no tiles
-  uint32_t A[MT][KT][4];
+  uint32_t A[MT][KT][AR];
   {
-    const int g = lane >> 2, t2 = (lane & 3) * 2;
+    const int g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int kt = 0; kt < KT; ++kt) {
         const bool on = mt < mt_n && kt < kt_my;
-        const int m = j0 + mt * 16 + g, k = (kt0 + kt) * 16 + t2;
-        A[mt][kt][0] = on ? a_pair<T, kBwd>(a.w, H, m, k) : 0u;
-        A[mt][kt][1] = on ? a_pair<T, kBwd>(a.w, H, m + 8, k) : 0u;
-        A[mt][kt][2] = on ? a_pair<T, kBwd>(a.w, H, m, k + 8) : 0u;
-        A[mt][kt][3] = on ? a_pair<T, kBwd>(a.w, H, m + 8, k + 8) : 0u;
+        const int m = j0 + mt * 16 + g, kb = (kt0 + kt) * 16;
+        if constexpr (kTF32) {
+#pragma unroll
+          for (int hk = 0; hk < 2; ++hk) {
+            const int k = kb + 8 * hk + t;
+            A[mt][kt][4 * hk + 0] = on ? a_elem<T, kBwd>(a.w, H, m, k) : 0u;
+            A[mt][kt][4 * hk + 1] = on ? a_elem<T, kBwd>(a.w, H, m + 8, k) : 0u;
+            A[mt][kt][4 * hk + 2] = on ? a_elem<T, kBwd>(a.w, H, m, k + 4) : 0u;
+            A[mt][kt][4 * hk + 3] = on ? a_elem<T, kBwd>(a.w, H, m + 8, k + 4) : 0u;
+          }
+        } else {
+          const int k = kb + 2 * t;
+          A[mt][kt][0] = on ? a_pair<T, kBwd>(a.w, H, m, k) : 0u;
+          A[mt][kt][1] = on ? a_pair<T, kBwd>(a.w, H, m + 8, k) : 0u;
+          A[mt][kt][2] = on ? a_pair<T, kBwd>(a.w, H, m, k + 8) : 0u;
+          A[mt][kt][3] = on ? a_pair<T, kBwd>(a.w, H, m + 8, k + 8) : 0u;
+        }
       }
   }
 
@@ -277,7 +316,7 @@ __global__ void __launch_bounds__(kThreads, 1) elman_cluster2_kernel(const Args<
       const int n = idx / HP, k = idx - n * HP, b = b0 + n;
       if (b < B && k < H) {
         const int r = k / HS, u = k - r * HS;
-        *reinterpret_cast<T*>(slots + r * pl.chunk + n * pl.pitch + u * 2) = a.h0[static_cast<size_t>(b) * H + k];
+        *reinterpret_cast<T*>(slots + r * pl.chunk + n * pl.pitch + u * E) = a.h0[static_cast<size_t>(b) * H + k];
       }
     }
   }
@@ -363,15 +402,26 @@ __global__ void __launch_bounds__(kThreads, 1) elman_cluster2_kernel(const Args<
     for (int kt = 0; kt < KT; ++kt) {
       if (kt < kt_my) {
         const int ktg = kt0 + kt, r = ktg / mt_n, kc = ktg - r * mt_n;  // chunk r, tile kc within it
-        uint32_t bf[NP][NT][2];
-        load_b_frags<NP, NT>(bf, slot_a + static_cast<saddr_t>(r * pl.chunk + kc * 32), pl.pitch, lane);
+        uint32_t bf[NP][NT][MPQ];
+        load_b_frags<NP, NT, MPQ>(bf, slot_a + static_cast<saddr_t>(r * pl.chunk + kc * 16 * E), pl.pitch, lane);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
           if (mt < mt_n) {
 #pragma unroll
             for (int p = 0; p < NP; ++p)
 #pragma unroll
-              for (int nt = 0; nt < NT; ++nt) mma_16816<T>(acc[mt][nt], A[mt][kt], bf[p][nt]);
+              for (int nt = 0; nt < NT; ++nt) {
+                if constexpr (kTF32) {  // two k8 halves
+                  const uint32_t a0[4] = {A[mt][kt][0], A[mt][kt][1], A[mt][kt][2], A[mt][kt][3]};
+                  const uint32_t a1[4] = {A[mt][kt][4], A[mt][kt][5], A[mt][kt][6], A[mt][kt][7]};
+                  const uint32_t b0[2] = {bf[p][nt][0], bf[p][nt][1]};
+                  const uint32_t b1[2] = {bf[p][nt][2], bf[p][nt][3]};
+                  mma_1688_tf32(acc[mt][nt], a0, b0);
+                  mma_1688_tf32(acc[mt][nt], a1, b1);
+                } else {
+                  mma_16816<T>(acc[mt][nt], A[mt][kt], bf[p][nt]);
+                }
+              }
           }
       }
     }
@@ -421,10 +471,10 @@ __global__ void __launch_bounds__(kThreads, 1) elman_cluster2_kernel(const Args<
               last[e] = a.reverse ? (t == 0) : (t == L - 1);
             } else {
               // Padded step: the state is carried unchanged (reverse: still h0 when the first step t = L-1 comes).
-              st = *reinterpret_cast<const T*>(slots + s * pl.slot + rank * pl.chunk + n * pl.pitch + u * 2);
+              st = *reinterpret_cast<const T*>(slots + s * pl.slot + rank * pl.chunk + n * pl.pitch + u * E);
             }
           }
-          if (send) *reinterpret_cast<T*>(mine + n * pl.pitch + u * 2) = st;
+          if (send) *reinterpret_cast<T*>(mine + n * pl.pitch + u * E) = st;
         } else {
           float x = 0.f;  // fp32 carry dA_t pushed to the next walk step (0 at padded steps and padding)
           if (inr[e]) {
@@ -441,10 +491,10 @@ __global__ void __launch_bounds__(kThreads, 1) elman_cluster2_kernel(const Args<
             }
           }
           if (send) {
-            const T hi = from_f<T>(x);
-            const T lo = from_f<T>(x - to_f<T>(hi));
-            *reinterpret_cast<T*>(mine + n * pl.pitch + u * 2) = hi;
-            *reinterpret_cast<T*>(mine + (BT + n) * pl.pitch + u * 2) = lo;
+            const T hi = from_f<T>(x);  // TF32: the fp32 carry itself (one plane; rounded to tf32 when loaded)
+            *reinterpret_cast<T*>(mine + n * pl.pitch + u * E) = hi;
+            if constexpr (NP == 2)
+              *reinterpret_cast<T*>(mine + (BT + n) * pl.pitch + u * E) = from_f<T>(x - to_f<T>(hi));
           }
         }
       }
@@ -495,34 +545,47 @@ using KernelFn = void (*)(const Args<T>);
 // The kernel of a plan's class: (MT, KT) = (1, 2), (2, 4) or (4, 8) by mt_n; NT = BT / 8.
 template <typename T, bool kBwd>
 KernelFn<T> pick_kernel(int mt_n, int NT) {
-  const int mt = class_mt(mt_n);
-  if (NT == 1) {
-    if (mt == 1) return elman_cluster2_kernel<T, 1, 2, 1, kBwd>;
-    if (mt == 2) return elman_cluster2_kernel<T, 2, 4, 1, kBwd>;
-    return elman_cluster2_kernel<T, 4, 8, 1, kBwd>;
+  const int mt = class_mt(mt_n, sizeof(T));
+  if constexpr (sizeof(T) == 4) {  // TF32 classes: (1, 2), (2, 4), (3, 6)
+    if (NT == 1) {
+      if (mt == 1) return elman_cluster2_kernel<T, 1, 2, 1, kBwd>;
+      if (mt == 2) return elman_cluster2_kernel<T, 2, 4, 1, kBwd>;
+      return elman_cluster2_kernel<T, 3, 6, 1, kBwd>;
+    }
+    if (mt == 1) return elman_cluster2_kernel<T, 1, 2, 2, kBwd>;
+    if (mt == 2) return elman_cluster2_kernel<T, 2, 4, 2, kBwd>;
+    return elman_cluster2_kernel<T, 3, 6, 2, kBwd>;
+  } else {
+    if (NT == 1) {
+      if (mt == 1) return elman_cluster2_kernel<T, 1, 2, 1, kBwd>;
+      if (mt == 2) return elman_cluster2_kernel<T, 2, 4, 1, kBwd>;
+      return elman_cluster2_kernel<T, 4, 8, 1, kBwd>;
+    }
+    if (mt == 1) return elman_cluster2_kernel<T, 1, 2, 2, kBwd>;
+    if (mt == 2) return elman_cluster2_kernel<T, 2, 4, 2, kBwd>;
+    return elman_cluster2_kernel<T, 4, 8, 2, kBwd>;
   }
-  if (mt == 1) return elman_cluster2_kernel<T, 1, 2, 2, kBwd>;
-  if (mt == 2) return elman_cluster2_kernel<T, 2, 4, 2, kBwd>;
-  return elman_cluster2_kernel<T, 4, 8, 2, kBwd>;
 }
 
 // Candidate plans, best first: the fewest units per CTA (largest cluster, shortest per-step MMA chain) whose
 // shared memory fits; BT = 8 while ntiles * C <= sms, else 16 (fewer, wider clusters). The CPU emulation runs these;
 // the launcher makes the same choice with the device's cluster occupancy instead of sms (launch_cluster2).
 // force_mt / force_nt > 0 (tests) pin mt_n / NT. Returns the number of plans written (<= 4).
-inline int plan_candidates(int H, int B, bool bwd, int sms, int smem_limit, int force_mt, int force_nt, Plan* out) {
+inline int plan_candidates(int H, int B, bool bwd, int elem, int sms, int smem_limit, int force_mt, int force_nt,
+                           Plan* out) {
   int n = 0;
   const int mt_min = ceil_div(H, 16 * kMaxCluster);
-  for (int mt = mt_min < 1 ? 1 : mt_min; mt <= 4; ++mt) {
+  const int planes = (bwd && elem == 2) ? 2 : 1;
+  for (int mt = mt_min < 1 ? 1 : mt_min; mt <= max_mt(elem); ++mt) {
     if (force_mt > 0 && mt != force_mt) continue;
     int NT = B <= 8 ? 1 : 2;
     if (NT == 2) {
       Plan p1;
-      if (make_plan(H, B, mt, 1, bwd ? 2 : 1, &p1) && static_cast<long long>(p1.ntiles) * p1.C <= sms) NT = 1;
+      if (make_plan(H, B, mt, 1, planes, elem, &p1) && static_cast<long long>(p1.ntiles) * p1.C <= sms) NT = 1;
     }
     if (force_nt > 0) NT = force_nt;
     Plan p;
-    if (!make_plan(H, B, mt, NT, bwd ? 2 : 1, &p) || p.smem > smem_limit) continue;
+    if (!make_plan(H, B, mt, NT, planes, elem, &p) || p.smem > smem_limit) continue;
     out[n++] = p;
   }
   return n;
@@ -585,16 +648,18 @@ bool launch_cluster2(Args<T> a, cudaStream_t stream, int force_mt = 0, int force
   if (major < 9) return false;
   // The smallest mt_n (largest cluster) that can run. Batch tiles of 8 rows while all their clusters fit on the
   // device at once (cudaOccupancyMaxActiveClusters, not #SMs / C: a GPC holds whole clusters only), else 16.
-  for (int mt = ceil_div(a.H, 16 * kMaxCluster); mt <= 4; ++mt) {
+  constexpr int elem = static_cast<int>(sizeof(T));
+  constexpr int planes = (kBwd && elem == 2) ? 2 : 1;
+  for (int mt = ceil_div(a.H, 16 * kMaxCluster); mt <= max_mt(elem); ++mt) {
     if (force_mt > 0 && mt != force_mt) continue;
     Plan p8, p16;
     cudaLaunchConfig_t cfg8, cfg16;
     cudaLaunchAttribute at8[1], at16[1];
-    const bool ok8 = (force_nt == 0 || force_nt == 1) && make_plan(a.H, a.B, mt, 1, kBwd ? 2 : 1, &p8) &&
+    const bool ok8 = (force_nt == 0 || force_nt == 1) && make_plan(a.H, a.B, mt, 1, planes, elem, &p8) &&
                      p8.smem <= optin && p8.ntiles <= 65535;
     const int fit8 = ok8 ? prepare<T, kBwd>(p8, stream, &cfg8, at8) : 0;
     const bool want16 = force_nt == 2 || (force_nt == 0 && a.B > 8 && fit8 < (ok8 ? p8.ntiles : 1 << 30));
-    const bool ok16 = want16 && make_plan(a.H, a.B, mt, 2, kBwd ? 2 : 1, &p16) && p16.smem <= optin &&
+    const bool ok16 = want16 && make_plan(a.H, a.B, mt, 2, planes, elem, &p16) && p16.smem <= optin &&
                       p16.ntiles <= 65535;
     const int fit16 = ok16 ? prepare<T, kBwd>(p16, stream, &cfg16, at16) : 0;
     const bool use16 = fit16 >= 1;  // only tried when preferred (or forced) over 8-row tiles

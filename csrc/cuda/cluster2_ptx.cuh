@@ -1,7 +1,8 @@
 // PTX wrappers of the `cluster2` tier (cluster2_kernel.cuh): every instruction the kernel issues that plain CUDA C++
-// does not express -- warp-level MMA, ldmatrix, mbarriers, the DSMEM bulk copy, cluster special registers and
-// barriers. The kernel calls only these functions for them, so csrc/cuda/emulate/emulate_cluster2.cpp can compile the
-// kernel source unchanged on the host with a twin of each (same name, same signature, semantics from the PTX ISA).
+// does not express -- warp-level MMA (fp16 / bf16 m16n8k16, tf32 m16n8k8), ldmatrix, mbarriers, the DSMEM bulk
+// copy, cluster special registers and barriers. The kernel calls only these functions for them, so
+// csrc/cuda/emulate/emulate_cluster2.cpp can compile the kernel source unchanged on the host with a twin of each (same
+// name, same signature, semantics from the PTX ISA).
 //
 // Shared-memory addresses are `saddr_t`: the 32-bit .shared window address (cvta) on the device, a host pointer in
 // the emulation; the kernel only adds byte offsets to them. Every body is sm_90-only PTX (mma.sync and ldmatrix exist
@@ -78,6 +79,22 @@ __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t 
       "{%0, %1, %2, %3};"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// d += A (16x8, row) * B (8x8, col) in TF32 (fp32 storage with allow_tf32): operands are fp32 bit patterns of which
+// the tensor core reads sign, exponent and the top 10 mantissa bits; round them first (cvt_tf32).
+__device__ __forceinline__ void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+// fp32 -> tf32 (round to nearest, ties away from zero), as a 32-bit pattern with the low 13 bits zero.
+__device__ __forceinline__ uint32_t cvt_tf32(uint32_t fp32_bits) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(__uint_as_float(fp32_bits)));
+  return r;
 }
 
 // mbarrier in this CTA's shared memory, `count` arrivals per phase.

@@ -76,7 +76,7 @@ struct Fiber {
   bool cl_arrived = false;
 };
 
-enum Kind { kLdm2 = 1, kLdm4, kMmaBf16, kMmaF16 };
+enum Kind { kLdm2 = 1, kLdm4, kMmaBf16, kMmaF16, kMmaTf32 };
 
 struct Warp {  // rendezvous of the 32 lanes for one warp-collective instruction
   int arrived = 0;
@@ -176,7 +176,8 @@ Cta* cta_of(uintptr_t a, size_t n) {
 }
 MBar* mbar_at(uintptr_t a, const char* op) {
   Cta* c = cta_of(a, 8);
-  if (c == nullptr || (a & 7) != 0) fail(std::string(op) + ": address is not an 8-byte aligned mbarrier in the cluster");
+  if (c == nullptr || (a & 7) != 0)
+    fail(std::string(op) + ": address is not an 8-byte aligned mbarrier in the cluster");
   auto it = c->mbars.find(a);
   if (it == c->mbars.end())
     fail(std::string(op) + ": mbarrier at offset " + std::to_string(a - reinterpret_cast<uintptr_t>(c->smem)) +
@@ -234,7 +235,8 @@ void fiber_main() {
   if (cta_done)
     for (const Copy& c : S->copies)
       if (c.from == f->cta || c.to == f->cta)
-        fail("CTA " + std::to_string(f->cta->rank) + " exited while a bulk copy still reads or writes its shared memory");
+        fail("CTA " + std::to_string(f->cta->rank) +
+             " exited while a bulk copy still reads or writes its shared memory");
   f->state = Fiber::Done;
   S->ndone++;
   swapcontext(&f->ctx, &S->main);
@@ -459,6 +461,69 @@ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   mma_impl(d, a, b, std::is_same<T, __nv_bfloat16>::value);
 }
 
+// cvt.rna.tf32.f32: round to 10 mantissa bits, ties away from zero; NaN stays NaN.
+inline uint32_t cvt_tf32(uint32_t u) {
+  if ((u & 0x7F800000u) == 0x7F800000u) return (u & 0x007FFFFFu) ? 0x7FFFFFFFu & ~0x1FFFu : u;  // NaN / inf
+  return (u + 0x1000u) & ~0x1FFFu;  // adding half an ulp to the magnitude, then truncating: ties away from zero
+}
+// The tensor core reads a .tf32 operand's sign, exponent and top 10 mantissa bits (the low 13 are ignored).
+inline double tf32_value(uint32_t u) {
+  u &= ~0x1FFFu;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, PTX ISA "Matrix Fragments for mma.m16n8k8" (.tf32):
+//   A a0..a3: row g (a0, a2), g+8 (a1, a3); col t (a0, a1), t+4 (a2, a3)
+//   B b0, b1: row t (b0), t+4 (b1); col g
+//   C/D as for m16n8k16.
+inline void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  using namespace emu;
+  collective(
+      kMmaTf32,
+      [&](Warp& w, int lane) {
+        for (int i = 0; i < 4; ++i) w.a[lane][i] = a[i], w.c[lane][i] = d[i];
+        for (int i = 0; i < 2; ++i) w.b[lane][i] = b[i];
+      },
+      [&](Warp& w) {
+        double Am[16][8], Bm[8][8], Cm[16][8];
+        int seenA[16][8] = {}, seenB[8][8] = {}, seenC[16][8] = {};
+        for (int l = 0; l < 32; ++l) {
+          const int g = l >> 2, t = l & 3;
+          for (int i = 0; i < 4; ++i) {
+            const int row = (i & 1) ? g + 8 : g, col = (i & 2) ? t + 4 : t;
+            Am[row][col] = tf32_value(w.a[l][i]);
+            seenA[row][col]++;
+          }
+          for (int i = 0; i < 2; ++i) {
+            Bm[i ? t + 4 : t][g] = tf32_value(w.b[l][i]);
+            seenB[i ? t + 4 : t][g]++;
+          }
+          for (int i = 0; i < 4; ++i) {
+            const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+            Cm[row][col] = w.c[l][i];
+            seenC[row][col]++;
+          }
+        }
+        for (int r = 0; r < 16; ++r)
+          for (int c = 0; c < 8; ++c)
+            if (seenA[r][c] != 1 || seenC[r][c] != 1 || (r < 8 && seenB[r][c] != 1))
+              fail("emulator: tf32 fragment layout tables do not cover each element once");
+        for (int l = 0; l < 32; ++l) {
+          const int g = l >> 2, t = l & 3;
+          for (int i = 0; i < 4; ++i) {
+            const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+            double s = 0.0;
+            for (int k = 0; k < 8; ++k) s += Am[row][k] * Bm[k][col];
+            w.dres[l][i] = static_cast<float>(Cm[row][col] + s);
+          }
+        }
+      });
+  Warp& w = S->cur->cta->warps[S->cur->tid / 32];
+  for (int i = 0; i < 4; ++i) d[i] = w.dres[S->cur->tid & 31][i];
+}
+
 inline void mbar_init(saddr_t bar, uint32_t count) {
   using namespace emu;
   Cta* c = S->cur->cta;
@@ -584,7 +649,8 @@ int run_launch(Args<T> a, const Plan& pl, int policy, unsigned long long seed, s
         f->tid = t;
         f->tidx.x = static_cast<unsigned>(t);
         f->map_size = kStack + 4096;
-        void* m = mmap(nullptr, f->map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        void* m =
+            mmap(nullptr, f->map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (m == MAP_FAILED) {
           *err = "emulator: cannot map a fiber stack";
           return -1;
@@ -609,9 +675,9 @@ int run_launch(Args<T> a, const Plan& pl, int policy, unsigned long long seed, s
   return 1;
 }
 
-bool plan_for(int H, int B, bool bwd, int force_mt, int force_nt, Plan* pl) {
+bool plan_for(int H, int B, bool bwd, int elem, int force_mt, int force_nt, Plan* pl) {
   Plan cand[4];
-  if (plan_candidates(H, B, bwd, kSms, kSmemOptin, force_mt, force_nt, cand) == 0) return false;
+  if (plan_candidates(H, B, bwd, elem, kSms, kSmemOptin, force_mt, force_nt, cand) == 0) return false;
   *pl = cand[0];
   return true;
 }
@@ -625,7 +691,7 @@ int fwd_typed(const void* P, const void* h0, const void* w, const int64_t* L, vo
               int rev, int act, int force_mt, int force_nt, int policy, unsigned long long seed, char* msg,
               int msglen) {
   Plan pl;
-  if (!plan_for(H, B, false, force_mt, force_nt, &pl)) return 0;
+  if (!plan_for(H, B, false, static_cast<int>(sizeof(T)), force_mt, force_nt, &pl)) return 0;
   Args<T> a{};
   a.P = static_cast<const T*>(P);
   a.h0 = static_cast<const T*>(h0);
@@ -649,7 +715,7 @@ int bwd_typed(const void* dY, const void* dhn, const void* Ys, const void* w, co
               int Tn, int B, int H, int rev, int act, int force_mt, int force_nt, int policy, unsigned long long seed,
               char* msg, int msglen) {
   Plan pl;
-  if (!plan_for(H, B, true, force_mt, force_nt, &pl)) return 0;
+  if (!plan_for(H, B, true, static_cast<int>(sizeof(T)), force_mt, force_nt, &pl)) return 0;
   Args<T> a{};
   a.dY = static_cast<const T*>(dY);
   a.dh_n = static_cast<const T*>(dhn);
@@ -671,7 +737,8 @@ int bwd_typed(const void* dY, const void* dhn, const void* Ys, const void* w, co
 
 }  // namespace
 
-// dt: 2 fp16, 3 bf16 (the codes of emulate.cpp); any other dtype is refused like the launcher refuses it.
+// dt: 2 fp16, 3 bf16 (the codes of emulate.cpp), 4 fp32 with allow_tf32; anything else (0 = fp32 IEEE) is refused
+// like the launcher refuses it.
 // policy = copy mode (0 random, 1 lazy, 2 eager) + 3 * pick mode (0 random fibers, 1 CTAs in a seeded priority).
 // Returns 1 when it ran, 0 when the tier refuses the shape (the dispatcher would run fallback), -1 on an emulation
 // error (protocol violation, deadlock, bad address), described in msg.
@@ -686,6 +753,10 @@ extern "C" int c2emu_fwd(int dt, const void* P, const void* h0, const void* w, c
   if (dt == 3)
     return fwd_typed<__nv_bfloat16>(P, h0, w, L, Y, hn, T, B, H, rev, act, force_mt, force_nt, policy, seed, msg,
                                     msglen);
+#ifndef C2EMU_ONLY_BF16
+  if (dt == 4)
+    return fwd_typed<float>(P, h0, w, L, Y, hn, T, B, H, rev, act, force_mt, force_nt, policy, seed, msg, msglen);
+#endif
   return 0;
 }
 extern "C" int c2emu_bwd(int dt, const void* dY, const void* dhn, const void* Ys, const void* w, const int64_t* L,
@@ -699,12 +770,18 @@ extern "C" int c2emu_bwd(int dt, const void* dY, const void* dhn, const void* Ys
   if (dt == 3)
     return bwd_typed<__nv_bfloat16>(dY, dhn, Ys, w, L, dA, dh0, T, B, H, rev, act, force_mt, force_nt, policy, seed,
                                     msg, msglen);
+#ifndef C2EMU_ONLY_BF16
+  if (dt == 4)
+    return bwd_typed<float>(dY, dhn, Ys, w, L, dA, dh0, T, B, H, rev, act, force_mt, force_nt, policy, seed, msg,
+                            msglen);
+#endif
   return 0;
 }
-// The plan the launcher would try first: out = {C, mt_n, kt_n, BT, smem, ntiles, mma_warps}. Returns 0 if none.
-extern "C" int c2emu_plan(int H, int B, int bwd, int force_mt, int force_nt, int* out) {
+// The plan the launcher would try first (elem 2: fp16 / bf16, 4: TF32): out = {C, mt_n, kt_n, BT, smem, ntiles,
+// mma_warps}. Returns 0 if none.
+extern "C" int c2emu_plan(int H, int B, int bwd, int elem, int force_mt, int force_nt, int* out) {
   Plan p;
-  if (!plan_for(H, B, bwd != 0, force_mt, force_nt, &p)) return 0;
+  if (!plan_for(H, B, bwd != 0, elem, force_mt, force_nt, &p)) return 0;
   const int v[7] = {p.C, p.mt_n, p.kt_n, p.BT, p.smem, p.ntiles, p.mma_warps};
   for (int i = 0; i < 7; ++i) out[i] = v[i];
   return 1;
