@@ -11,7 +11,8 @@
 //      slice into its own chunk of the other slot (storage dtype), and warp 0 pushes that chunk to every peer with
 //      one cp.async.bulk.shared::cluster per peer, completing on the peer's mbarrier for that slot;
 //   5. Y / h_n (forward) or dA / dh0 (backward) are stored after the push, off the exchange's critical path.
-// No cluster barrier and no memory fence in the time loop: the mbarrier's transaction count is the only handshake.
+// No cluster barrier and no GPU-scope fence in the time loop (the only fence is the CTA-scope proxy fence before the
+// push): the mbarrier's transaction count is the only handshake between CTAs.
 //
 // Ring protocol (kSlots = 2): step i reads slot i%2 and sends d_{i+1} into slot (i+1)%2 of every peer. A slot is
 // never overwritten before every reader is done with it, and no mbarrier phase is armed twice, by causality alone:
