@@ -11,26 +11,33 @@
 #   part 3  not yet proven     build (reuse) 240 | tier report, unverified tiers and new code 45 | their gpu_quick
 #                              tests 100 | compute-sanitizer on them 150                                 = 535 s
 #   part 4  side by side       build (reuse) 240 | bench of every provider, one table 200                = 440 s
+#   part 5  new tier cluster2  build (reuse) 240 | its standalone harness: sm_90a build (~6 files at once),
+#           (forced only)      checks, refusals with their reasons, timing vs cluster 150 | op tests and tier
+#                              report 60 | compute-sanitizer on the harness's tiny case (+ the op if time
+#                              is left) 90                                                              = 540 s
 #
 # "Verified" follows the GPU-verified list (csrc/cuda/gpu_verified.h): a tier on it runs in parts 1-2; tiers not on
 # it (cuda batch_tiled, every Triton tier, new tiers), new code inside listed tiers (fallback's fp16/bf16 GEMM, the
 # cluster plan; tests marked gpu_unverified) and the files in GPU_CHECK_UNVERIFIED_FILES (two-stream directions) run
-# in part 3, so a failure in new code cannot use up the run that re-verifies the proven tiers. Every tier line says
-# which tier RAN (fused_rnn.backends.tier_log): a tier that fell back fails its line.
+# in part 3, so a failure in new code cannot use up the run that re-verifies the proven tiers. A new tier with a part
+# of its own (scripts/sanitize_cases.py OWN_PART: cuda cluster2, issue #22) is in none of parts 1-4: a watchdog trap
+# or a hang there cannot use up part 3's run either. Every tier line says which tier RAN
+# (fused_rnn.backends.tier_log): a tier that fell back fails its line.
 #
-#   GPU_CHECK_PART=1|2|3|4|all   which part (default all: 1 2 3 4 in sequence, for a machine with no call limit)
+#   GPU_CHECK_PART=1|..|5|all    which part (default all: 1 2 3 4 5 in sequence, for a machine with no call limit)
 #   GPU_CHECK_SAVE_BUILD=1       part 1 also copies the built extension and its hash stamp to $OUT (carry them into
 #                                fused_rnn/ and build/ for a later call on a fresh machine)
 #   PYTHON=...                   the interpreter (default python3). Dry run on a CPU machine: PYTHON=.venv/bin/python
 #                                FUSED_RNN_CUDA_ARCHS=9.0a BENCH_ARGS="--preset tiny" GPU_CHECK_PART=all (GPU stages
 #                                then skip or say "no CUDA device"; every part ran so on 2026-12-01 in ~4 min)
-# Files written to $OUT per part N: report-N.md, logs-N.txt; parts 2 and 4 also bench-N.{md,json,png}.
+# Files written to $OUT per part N: report-N.md, logs-N.txt; parts 2 and 4 also bench-N.{md,json,png}; part 5 also
+# cluster2_harness.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-report}
 mkdir -p "$OUT"
 PARTS=${GPU_CHECK_PART:-all}
-[ "$PARTS" = all ] && PARTS="1 2 3 4"
+[ "$PARTS" = all ] && PARTS="1 2 3 4 5"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 PY=${PYTHON:-python3}
 UNVERIFIED_FILES=${GPU_CHECK_UNVERIFIED_FILES:-tests/test_concurrency.py}
@@ -148,10 +155,17 @@ s_sanitizer() {
   return $rc
 }
 
-# bench WHICH BUDGET: python -m bench --preset gpu over the verified providers (part 2) or every provider (part 4).
+# bench WHICH BUDGET: python -m bench --preset gpu over the verified providers (part 2) or every provider (part 4:
+# the bench times a tier off the verified list only when named, so part 4 names the unverified set of part 3 --
+# not the own-part tiers, which part 5 times against `cluster` in its harness).
 s_bench() {
   local which=$1 budget=$2 d names=""; d=$(mktemp -d)
-  if [ "$which" = verified ]; then
+  if [ "$which" = all ]; then
+    names="nn.RNN auto native reference compile cpu cuda triton $($PY scripts/sanitize_cases.py --names \
+      --set verified,unverified --dtypes float32,bfloat16,float16)" || return 1
+    echo "providers: $names"
+    names="--backends $names"
+  elif [ "$which" = verified ]; then
     names=$($PY - <<'PY'
 from bench.providers import EXTRA_NAMES
 from fused_rnn.backends import verified
@@ -174,7 +188,11 @@ PY
   return $rc
 }
 
-export -f s_versions src_hash s_build s_cpu_tests s_gpu_quick s_tier_report s_sanitizer s_bench
+# cluster2 STEP: one step of the forced-only tier's own checks (csrc/cuda/harness/cluster2_device.sh), sized to the
+# stage budget it is given.
+s_cluster2() { C2_STAGE_S=$2 OUT="$OUT" PY="$PY" bash csrc/cuda/harness/cluster2_device.sh "$1"; }
+
+export -f s_versions src_hash s_build s_cpu_tests s_gpu_quick s_tier_report s_sanitizer s_bench s_cluster2
 export PY OUT STAMP UNVERIFIED_FILES
 
 overall=0
@@ -214,7 +232,16 @@ for PART in $PARTS; do
         || { echo "build failed: later stages skipped" >> "$R"; overall=1; continue; }
       TAIL_LINES=100 stage 4.2 "bench --preset gpu: every provider side by side" 200 s_bench all 200 || fail=1
       ;;
-    *) echo "unknown part $PART (1, 2, 3, 4 or all)" >&2; exit 2 ;;
+    5)
+      stage 5.1 "build (reused from part 1 when the source hash matches)" 240 s_build \
+        || { echo "build failed: later stages skipped" >> "$R"; overall=1; continue; }
+      TAIL_LINES=60 stage 5.2 "cluster2 (forced only, not yet run on a GPU): standalone harness, checks and timing \
+vs cluster" 150 s_cluster2 harness 150 || fail=1
+      TAIL_LINES=40 stage 5.3 "cluster2: op tests and tier report (each: the tier that ran)" 60 s_cluster2 ops 60 \
+        || fail=1
+      TAIL_LINES=40 stage 5.4 "compute-sanitizer: cluster2" 90 s_cluster2 sanitizer 90 || fail=1
+      ;;
+    *) echo "unknown part $PART (1, 2, 3, 4, 5 or all)" >&2; exit 2 ;;
   esac
   echo -e "\n**Part $PART: $([ $fail = 0 ] && echo PASS || echo FAIL)**" >> "$R"
   [ $fail = 0 ] || overall=1
