@@ -230,6 +230,8 @@ def markdown(env: dict, rows: list[Row], peaks: Peaks | None, dropped: list[str]
     head += ["err/tol"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     shown = [r for r in rows if r.status != "skipped"]
+    # auto's reasons (fused_rnn.explain's one-line summary), numbered: each auto row points at its own
+    reasons = list(dict.fromkeys((r.path, r.path_reason) for r in shown if r.provider == "auto" and r.path_reason))
     skipped: dict[tuple[str, str], int] = {}
     for r in rows:
         if r.status == "skipped":
@@ -242,6 +244,8 @@ def markdown(env: dict, rows: list[Row], peaks: Peaks | None, dropped: list[str]
         name = r.provider + (" ★" if r.heuristic else "")
         if r.path:
             name += f" → {r.path}"
+        if r.provider == "auto" and r.path_reason:
+            name += f" [{reasons.index((r.path, r.path_reason)) + 1}]"
         status = r.status
         if r.note and (r.status != "ok" or (r.timing is None and r.verdict != "native")):
             status = f"{r.status}: {r.note}"
@@ -259,10 +263,9 @@ def markdown(env: dict, rows: list[Row], peaks: Peaks | None, dropped: list[str]
     fails = failures(rows)
     lines += ["", f"**correctness: {'all checks passed' if not fails else f'{len(fails)} FAILED/ERROR rows'}**"]
     lines += ["", f"**{summary_line(summary(rows))}**"]
-    reasons = sorted({(r.path, r.path_reason) for r in rows if r.provider == "auto" and r.path_reason})
     if reasons:
-        lines += ["", "Why auto took each path (fused_rnn/policy.py):", ""]
-        lines += [f"- `{p}`: {why}" for p, why in reasons]
+        lines += ["", "Why auto took each path ([n] beside each auto row; fused_rnn.explain's words):", ""]
+        lines += [f"{i}. {why}" for i, (_, why) in enumerate(reasons, 1)]
     notes = list(env.get("provider_notes", []))
     notes += [f"{prov}: not run in {n} row(s): {why}" for (prov, why), n in skipped.items()]
     if dropped:

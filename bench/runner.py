@@ -134,6 +134,7 @@ class Check:
     message: str = ""
     first_call_s: float = 0.0  # wall time of the first (checking) call: torch.compile's compile time lives here
     paths: dict[str, object] = field(default_factory=dict)  # mode -> policy.Decision of auto's call in that mode
+    why: dict[str, str] = field(default_factory=dict)  # mode -> fused_rnn.explain(...).summary of auto's call
     first_calls: dict[str, float] = field(default_factory=dict)  # mode -> wall time of its first call (compile)
 
     @property
@@ -303,7 +304,8 @@ class Runner:
                 continue
             d = check.paths.get(mode) if p.kind == "auto" else None
             if d is not None:
-                row.path, row.path_rule, row.path_reason = _path_name(d), d.rule, d.reason
+                row.path, row.path_rule = _path_name(d), d.rule
+                row.path_reason = check.why.get(mode, d.reason)
                 if d.native:
                     row.verdict = "native"
                     row.note = "ran native (nn.RNN's kernel): path asserted, not timed"
@@ -409,12 +411,24 @@ class Runner:
                     if diff:
                         return None, Check("FAILED", errs, tol, first_call_s=first, paths=paths, message=(
                             f"ran native in {mode} but differs from nn.RNN in the same dtype: {', '.join(diff)}"))
+        why: dict[str, str] = {}
         if p.kind == "auto":
             missing = [m for m in case.modes if m not in paths]
             if missing:
                 return None, Check("ERROR", errs, tol, first_call_s=first, message=(
                     f"auto recorded no path in {', '.join(missing)} (select.record_paths saw no forward)"))
-        return model, Check("ok", errs, tol, first_call_s=first, paths=paths, first_calls=first_calls)
+            # The reason beside each auto row is fused_rnn.explain's (one source of the wording), asked for the same
+            # call in the same mode -- and it must name the path the call took.
+            import fused_rnn
+
+            for mode, d in paths.items():
+                with torch.set_grad_enabled(mode == "fwd+bwd"):
+                    e = fused_rnn.explain(model, x.detach().requires_grad_(mode == "fwd+bwd"))
+                if (e.path, e.tier) != (d.path, d.tier):
+                    return None, Check("ERROR", errs, tol, first_call_s=first, message=(
+                        f"fused_rnn.explain says {e.name} in {mode}, but the call ran {_path_name(d)}"))
+                why[mode] = e.summary
+        return model, Check("ok", errs, tol, first_call_s=first, paths=paths, first_calls=first_calls, why=why)
 
     def _timed_fn(self, model: nn.Module, case: Case, mode: str) -> Callable[[], object]:
         """The timed call: forward (no grad) or forward + gradients of x and every parameter through the loss

@@ -22,6 +22,7 @@ import torch
 # (B, H, dtype) shapes for the "auto picks" section: one small-batch fp32 layer and one large bf16 layer, which
 # land on different CUDA tiers.
 SAMPLE_SHAPES: tuple[tuple[int, int, torch.dtype], ...] = ((16, 256, torch.float32), (64, 1024, torch.bfloat16))
+SAMPLE_T = 128  # the sequence length of the sample calls (it matters only to autotuning's key)
 
 
 def _guard(fn: Callable[[], Any]) -> Any:
@@ -128,18 +129,27 @@ def _devices() -> dict[str, Any]:
 
 
 def auto_picks(devices: list[torch.device]) -> list[dict[str, Any]]:
-    """What ``backend="auto"`` runs for SAMPLE_SHAPES on each device (FUSED_RNN_* overrides included)."""
-    from .backends import select
+    """What ``backend="auto"`` runs for SAMPLE_SHAPES on each device, in inference and in training, and why
+    (``fused_rnn.explain`` for a one-layer module of that shape: FUSED_RNN_* overrides and autotuning included)."""
+    from ._explain import explain_call
+    from .modules import RNN
 
     out = []
     for dev in devices:
         for B, H, dtype in SAMPLE_SHAPES:
-            try:
-                c = select.resolve("auto", dev, H, B, dtype)
-                pick = c.backend + (f"/{c.tier}" if c.tier else "")
-            except Exception as e:  # noqa: BLE001
-                pick = f"<error: {type(e).__name__}: {e}>"
-            out.append({"device": str(dev), "B": B, "H": H, "dtype": str(dtype).removeprefix("torch."), "pick": pick})
+            for training in (False, True):
+                row: dict[str, Any] = {"device": str(dev), "B": B, "H": H, "dtype": str(dtype).removeprefix("torch."),
+                                       "mode": "training" if training else "inference"}
+                try:
+                    # a module on the meta device: its options are all explain needs (nothing is allocated or run)
+                    rnn = RNN(H, H, device="meta", dtype=dtype)
+                    e = explain_call(rnn, dev, dtype, dtype, False, SAMPLE_T, B, training)
+                    row["pick"] = e.layers[0].name if e.layers else e.name
+                    row["why"] = e.summary
+                except Exception as e:  # noqa: BLE001
+                    row["pick"] = f"<error: {type(e).__name__}: {e}>"
+                    row["why"] = ""
+                out.append(row)
     return out
 
 
@@ -239,9 +249,12 @@ def format_report(r: dict[str, Any]) -> str:
             lines.append(f"  driver supports CUDA {d['driver']}; torch built for: {_fmt(d.get('torch_arch_list'))}")
     else:
         lines.append(f"  {d}")
-    lines.append("auto picks (backend[/tier] per device and sample shape):")
+    lines.append("auto picks (path[:tier] per device, sample shape and mode; fused_rnn.explain(rnn, x) for yours):")
     for a in r["auto_picks"] if isinstance(r["auto_picks"], list) else []:
-        lines.append(f"  {a['device']:<7} B={a['B']:<4} H={a['H']:<5} {a['dtype']:<9} -> {a['pick']}")
+        lines.append(f"  {a['device']:<7} B={a['B']:<4} H={a['H']:<5} {a['dtype']:<9} {a.get('mode', ''):<9} -> "
+                     f"{a['pick']}")
+        if a.get("why"):
+            lines.append(f"{'':<11}{a['why']}")
     return "\n".join(lines)
 
 

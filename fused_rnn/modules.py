@@ -28,13 +28,17 @@ setting are fixed when the graph is traced (select.resolve).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _lazy_compile
+from . import autotune as _autotune
 from . import diagnostics as _diag
+from . import onnx as _onnx
 from .backends.select import MODULE_BACKENDS, NATIVE, _resolve_name, choose_path, tracing
 from .functional import check_lengths
 from .native import run_native_stack
@@ -104,13 +108,33 @@ class RNN(nn.RNNBase):
         # No self._update_flat_weights() here: the fused stack reads the parameters by name (_layer_weights), never
         # through the weakref'd flat list, and skipping it keeps weakrefs out of what torch.compile traces; the
         # native stack calls it in eager mode, as nn.RNN does.
-        num_directions = 2 if self.bidirectional else 1
-        orig_input = input
+        # torch.onnx.export is tracing this call: standard ONNX RNN nodes instead of the fused ops (fused_rnn/onnx.py)
+        onnx_export = _onnx.exporting()
+        if onnx_export:
+            if torch.jit.is_tracing():  # the legacy exporter: PyTorch's own RNN op, which torch's symbolic exports
+                return _onnx.legacy_forward(self, input, hx, lengths)
+            _onnx.check_dynamo_export(self, input)
+        call = self._parse(input, hx, lengths)
+        amp_dtype = autocast_dtype(call.input.device.type)
+        path = self._choose_path(call, amp_dtype)
+        return self._run(path, call, amp_dtype, onnx_export)
+
+    def explain(self, input, hx: Tensor | None = None, lengths: Tensor | None = None, *,  # noqa: A002
+                compiled: bool = False):
+        """What this module would run for ``self(input, hx, lengths=lengths)`` here and now, and why, without
+        running it: ``fused_rnn.explain(self, input, hx, lengths=lengths)`` (see fused_rnn/_explain.py)."""
+        from ._explain import explain
+
+        return explain(self, input, hx, lengths=lengths, compiled=compiled)
+
+    def _parse(self, input, hx: Tensor | None, lengths: Tensor | None) -> _Call:  # noqa: A002
+        """nn.RNN's input handling: PackedSequence (hx permuted to the sorted order), unbatched (unsqueezed),
+        batch_first; the dimension checks nn.RNN makes before its op. Returns the call in batched form."""
         batch_sizes = None
         sorted_indices = unsorted_indices = None
         is_batched = True
         batch_dim = 0 if self.batch_first else 1
-        if isinstance(orig_input, PackedSequence):
+        if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError("fused_rnn: lengths= is for padded input; a PackedSequence carries its own")
             input, batch_sizes, sorted_indices, unsorted_indices = input
@@ -135,10 +159,18 @@ class RNN(nn.RNNBase):
             elif hx is not None and hx.dim() != 3:
                 raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
             max_batch_size = input.size(0) if self.batch_first else input.size(1)
-        amp_dtype = autocast_dtype(input.device.type)
-        path = self._choose_path(input, hx, amp_dtype, max_batch_size)
+        return _Call(input, hx, lengths, batch_sizes, sorted_indices, unsorted_indices, is_batched, max_batch_size)
 
-        if path.native:
+    def _run(self, path, call: _Call, amp_dtype: torch.dtype | None, onnx_export: bool = False):
+        """Run the parsed call on ``path`` (a policy.Decision, or the traced stand-ins below): native or fused;
+        ``onnx_export``: torch.onnx.export (dynamo) is tracing it (the layer-level ops of fused_rnn/onnx.py)."""
+        input, hx, lengths, batch_sizes = call.input, call.hx, call.lengths, call.batch_sizes
+        sorted_indices, unsorted_indices = call.sorted_indices, call.unsorted_indices
+        is_batched, max_batch_size = call.is_batched, call.B
+        num_directions = 2 if self.bidirectional else 1
+        batch_dim = 0 if self.batch_first else 1
+
+        if path.native and not onnx_export:  # (an ONNX export runs the layer-level op below, forced native too)
             # nn.RNN's order: zeros in the input's own dtype, the module's checks, then the op, which autocast
             # casts itself (autocast is left as the caller set it).
             if hx is None:
@@ -180,7 +212,9 @@ class RNN(nn.RNNBase):
         if x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-        if amp_dtype is None:
+        if onnx_export:  # one layer-level op per layer, which onnx_translations() maps to an ONNX RNN node
+            output, h_n = _onnx.run_layers(self, x, hx, seq_lengths, amp_dtype)
+        elif amp_dtype is None:
             output, h_n = run_fused_stack(self, x, hx, seq_lengths, None, path.path, path.tier)
         else:
             # The casts are done; inside, every op runs in the compute dtype as written (no second cast).
@@ -198,15 +232,15 @@ class RNN(nn.RNNBase):
             h_n = h_n.squeeze(1)
         return output, self.permute_hidden(h_n, unsorted_indices)
 
-    def _choose_path(self, input: Tensor, hx: Tensor | None, amp_dtype: torch.dtype | None, B: int):
+    def _choose_path(self, call: _Call, amp_dtype: torch.dtype | None, record: bool = True, tune: bool = True):
         """The policy.Decision for this call (select.choose_path): "native" or the fused backend (+ tier).
 
         The key: the compute dtype (autocast's for floating inputs other than fp64), B, H, layers × directions and
-        the mode (training = grad enabled and the input, hx or a parameter requires grad).
+        the mode (training = grad enabled and the input, hx or a parameter requires grad). With autotuning on
+        (fused_rnn/autotune.py) and ``tune``, the policy's decision goes through the autotune cache.
         """
-        dtype = input.dtype
-        if amp_dtype is not None and input.is_floating_point() and dtype != torch.float64:
-            dtype = amp_dtype
+        input, hx = call.input, call.hx
+        dtype = compute_dtype_of(input, amp_dtype)
         backend = self.backend
         if tracing():
             # While tracing: no policy lookup (its comparisons on B would become guards, and native would unroll
@@ -214,8 +248,14 @@ class RNN(nn.RNNBase):
             if _resolve_name(backend, input.device.type)[0] == NATIVE:
                 return _TRACED_NATIVE
             return _TracedFused(backend)
-        return choose_path(backend, input.device, dtype, B, self.hidden_size, self.num_layers,
-                           2 if self.bidirectional else 1, _grad_needed(self, input, hx), _diag._ACTIVE is not None)
+        training = _grad_needed(self, input, hx)
+        tuner = None
+        if tune and _autotune.enabled():
+            def tuner(static):
+                return _autotune.tuned(self, call, amp_dtype, dtype, training, static)
+        return choose_path(backend, input.device, dtype, call.B, self.hidden_size, self.num_layers,
+                           2 if self.bidirectional else 1, training, _diag._ACTIVE is not None, tune=tuner,
+                           record=record)
 
     def _layer_weights(self, layer: int, direction: int, amp_dtype: torch.dtype | None = None
                        ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
@@ -332,6 +372,28 @@ def _packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor
 def _padded_to_packed_data(output: Tensor, lengths: Tensor) -> Tensor:
     """output [T, B, D·H] in sorted order, lengths [B] -> packed data [N, D·H] (the inverse of _packed_to_padded)."""
     return pack_padded_sequence(output, lengths, batch_first=False, enforce_sorted=True).data
+
+
+class _Call(NamedTuple):
+    """One call after nn.RNN's input handling (RNN._parse): batched input [T, B, I] / [B, T, I] or packed data
+    [N, I]; hx [L·D, B, H] (permuted to the packed order) or None; lengths [B] | None; PackedSequence fields;
+    whether the user's input was batched; B (max batch size)."""
+
+    input: Tensor
+    hx: Tensor | None
+    lengths: Tensor | None
+    batch_sizes: Tensor | None
+    sorted_indices: Tensor | None
+    unsorted_indices: Tensor | None
+    is_batched: bool
+    B: int
+
+
+def compute_dtype_of(input: Tensor, amp_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype a call computes in: autocast's for floating inputs other than fp64, else the input's."""
+    if amp_dtype is not None and input.is_floating_point() and input.dtype != torch.float64:
+        return amp_dtype
+    return input.dtype
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:

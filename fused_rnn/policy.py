@@ -91,15 +91,38 @@ class Evidence:
 
 
 @dataclass(frozen=True)
+class Measured:
+    """One candidate's time in an autotuning measurement (fused_rnn/autotune.py): the median over interleaved
+    rounds of the mean time of ``calls`` calls, in the tuned call's own mode."""
+
+    path: str
+    tier: str
+    median_ms: float
+    min_ms: float
+    rounds: int
+    calls: int
+
+    @property
+    def name(self) -> str:
+        return self.path + (f":{self.tier}" if self.tier else "")
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.median_ms:.3g} ms"
+
+
+@dataclass(frozen=True)
 class Decision:
     """What `auto` runs for one call, and why.
 
     path: "native", or the fused backend ("cpu", "cuda", "reference", ...).
     tier: the fused tier to force ("" = the backend's own per-layer choice); always "" for native.
-    rule: which rule of this module's docstring fired, e.g. "measured-win", "unverified-gpu".
+    rule: which rule of this module's docstring fired, e.g. "measured-win", "unverified-gpu"; "autotune" when an
+        autotuning measurement of this process chose (fused_rnn/autotune.py).
     reason: one sentence a user understands.
     evidence: the cells the decision rests on (empty when a rule needed none).
     source: where the evidence comes from: machine kind, date, committed run file(s); "" when none.
+    measured: rule "autotune" only: every candidate's measured time, fastest first; else ().
+    static: rule "autotune" only: the decision the static policy gave for the same call; else None.
     """
 
     path: str
@@ -108,6 +131,8 @@ class Decision:
     reason: str
     evidence: tuple[Evidence, ...] = ()
     source: str = ""
+    measured: tuple[Measured, ...] = ()
+    static: Decision | None = None
 
     @property
     def native(self) -> bool:
@@ -116,6 +141,8 @@ class Decision:
     def __str__(self) -> str:
         head = self.path + (f":{self.tier}" if self.tier else "")
         lines = [f"{head} -- {self.reason}"]
+        if self.measured:
+            lines.append("  measured: " + ", ".join(str(m) for m in self.measured))
         if self.source:
             lines.append(f"  evidence from {self.source}")
         lines += [f"  {e}" for e in self.evidence]
@@ -441,5 +468,5 @@ def _decide_cuda(dkey: str, mode: str, B: int, H: int, stack: str, fused_backend
     return Decision("native", "", "measured-loss", f"{why}{stack}", tuple(ev), table.source)
 
 
-__all__ = ["Decision", "Evidence", "CpuTable", "GpuTable", "GpuCell", "decide", "cpu_isa", "bracket", "MARGIN",
-           "STRONG_MARGIN", "GPU_MARGIN", "GPU_TABLES", "gpu_ratio", "gpu_gemm_us"]
+__all__ = ["Decision", "Evidence", "Measured", "CpuTable", "GpuTable", "GpuCell", "decide", "cpu_isa", "bracket",
+           "MARGIN", "STRONG_MARGIN", "GPU_MARGIN", "GPU_TABLES", "gpu_ratio", "gpu_gemm_us"]

@@ -140,6 +140,13 @@ def test_tiny_table_printed_and_written(tiny_run):
     rows = json.loads((out / report.JSON_NAME).read_text())["rows"]
     assert n_rows == sum(1 for r in rows if r["status"] != "skipped")  # skipped rows are summarized in the notes
     assert "[" in proc.stderr and "/" in proc.stderr  # the progress bar went to stderr
+    # auto's reason beside each auto row: fused_rnn.explain's summary (it names the path the row took), numbered
+    autos = [r for r in rows if r["provider"] == "auto"]
+    reasons = list(dict.fromkeys((r["path"], r["path_reason"]) for r in autos))
+    assert reasons and all(why.startswith(path + ": ") for path, why in reasons)
+    for i, (path, why) in enumerate(reasons, 1):
+        assert f"\n{i}. {why}\n" in md
+        assert any(line.startswith("| T") and f"| auto → {path} [{i}] |" in line for line in md.splitlines())
 
 
 class _Perturbed(nn.Module):

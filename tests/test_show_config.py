@@ -49,7 +49,8 @@ def test_text_report_on_a_cpu_only_process(report_text: str) -> None:
     assert "no CUDA device: " in text  # CUDA_VISIBLE_DEVICES="" in the subprocess: it must say why none is listed
     assert "auto picks" in text
     for B, H, dtype in _config.SAMPLE_SHAPES:
-        assert f"cpu     B={B:<4} H={H:<5} {str(dtype).removeprefix('torch.'):<9} -> " in text
+        for mode in ("inference", "training "):
+            assert f"cpu     B={B:<4} H={H:<5} {str(dtype).removeprefix('torch.'):<9} {mode} -> " in text
     if fused_rnn._ext.LOADED:
         assert "extension fused_rnn._C: loaded" in text
         assert f"built against: torch {torch.__version__}" in text
@@ -67,8 +68,15 @@ def test_json_report_agrees_with_the_library(tmp_path) -> None:
     assert r["cuda_tiers_compiled"] == list(fused_rnn.backends.cuda.compiled_tiers())
     assert r["gpu_verified"]["tiers"] == {k: list(v) for k, v in select.GPU_VERIFIED.items()}
     assert r["devices"]["cuda_devices"] == []
-    cpu_picks = [a["pick"] for a in r["auto_picks"] if a["device"] == "cpu"]
-    assert cpu_picks == ["cpu" if "cpu" in here else "reference"] * len(_config.SAMPLE_SHAPES)
+    # the picks are what the module's own path choice gives for a call of that shape (explain is wired to it)
+    cpu_picks = [(a["B"], a["H"], a["dtype"], a["mode"], a["pick"]) for a in r["auto_picks"] if a["device"] == "cpu"]
+    want = []
+    for B, H, dtype in _config.SAMPLE_SHAPES:
+        for training in (False, True):
+            d = select.choose_path("auto", torch.device("cpu"), dtype, B, H, 1, 1, training, record=False)
+            want.append((B, H, str(dtype).removeprefix("torch."), "training" if training else "inference", d.path))
+    assert cpu_picks == want
+    assert all(a["why"].startswith(a["pick"] + ": ") for a in r["auto_picks"])
     assert r["extension"]["loaded"] == fused_rnn._ext.LOADED
 
 
@@ -78,7 +86,9 @@ def test_environment_overrides_are_reported(monkeypatch: pytest.MonkeyPatch) -> 
     fused_rnn.show_config(file=out)
     text = out.getvalue()
     assert "FUSED_RNN_BACKEND=reference" in text
-    assert "cpu     B=16   H=256   float32   -> reference" in text  # the override changes what auto runs
+    # the override changes what auto runs, and the reason says where it came from
+    assert "cpu     B=16   H=256   float32   training  -> reference" in text
+    assert "forced by FUSED_RNN_BACKEND=reference" in text
 
 
 def test_gpu_devices_are_listed_with_capability(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,7 +99,12 @@ def test_gpu_devices_are_listed_with_capability(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(props))
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props[i])
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: (props[d.index].major, props[d.index].minor))
+    def cap(d):
+        p = props[d if isinstance(d, int) else d.index]
+        return p.major, p.minor
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", cap)
+    monkeypatch.setattr(select, "_capability", cap)  # its lru_cache may hold this machine's answer
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_90"])
     monkeypatch.setattr(torch._C, "_cuda_getDriverVersion", lambda: 13000, raising=False)
     text = _config.format_report(_config.collect())
@@ -97,7 +112,10 @@ def test_gpu_devices_are_listed_with_capability(monkeypatch: pytest.MonkeyPatch)
     assert "cuda:0  NVIDIA H200, compute capability 9.0, 141.0 GiB, 132 SMs, GPU-verified: yes" in text
     assert "cuda:1  NVIDIA A100, compute capability 8.0, 80.0 GiB, 108 SMs, GPU-verified: no" in text
     for dev in ("cuda:0", "cuda:1"):
-        assert sum(line.startswith(f"  {dev:<7} B=") for line in text.splitlines()) == len(_config.SAMPLE_SHAPES)
+        picks = [line for line in text.splitlines() if line.startswith(f"  {dev:<7} B=")]
+        assert len(picks) == 2 * len(_config.SAMPLE_SHAPES)  # inference and training per sample shape
+    # cuda:1 (sm_80) is not verified: native, and the reason says so
+    assert "native: no fused tier is verified on compute capability sm_80" in text
 
 
 def test_a_failing_probe_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
@@ -218,7 +218,9 @@ def record_paths() -> Iterator[list]:
 
 
 def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, H: int, layers: int,
-                directions: int, training: bool, recording_bptt: bool = False):
+                directions: int, training: bool, recording_bptt: bool = False,
+                tune: Callable[[policy.Decision], policy.Decision] | None = None, record: bool = True,
+                traced: bool | None = None):
     """The path of one ``fused_rnn.RNN`` call: a ``policy.Decision`` whose ``path`` is "native" or a fused backend.
 
     Args:
@@ -227,6 +229,12 @@ def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, 
         B, H, layers, directions: the call's batch, hidden size and stack.
         training: grad enabled and the input, hx or a parameter requires grad.
         recording_bptt: a ``diagnostics.record_bptt`` block is open (its hooks live in the fused recurrence).
+        tune: autotuning (fused_rnn/autotune.py), when it is on: given the static policy's decision, returns the
+            decision to run (a cached or new measurement, or the static one). Asked only where the policy is asked.
+        record: append the decision to an open ``record_paths`` block (``fused_rnn.explain`` passes False: it
+            reports a call without making it).
+        traced: whether torch.compile / torch.export is tracing the call (None: ask ``tracing()``; explain passes
+            its ``compiled`` argument).
     Raises:
         RuntimeError for backend "native" inside record_bptt; the errors of ``_resolve_name`` for unusable backends.
 
@@ -234,17 +242,20 @@ def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, 
     comparison on B becomes a guard (a new batch size does not recompile) and T stays dynamic.
     """
     name, forced_tier, auto, _ = _resolve_name(backend, device.type)
+    by = f"backend={backend!r} (the module's argument)" if backend != "auto" else \
+        f"FUSED_RNN_BACKEND={os.environ.get('FUSED_RNN_BACKEND', '')} (the environment replaces auto)"
     if name == NATIVE:
         if recording_bptt:
             raise RuntimeError(
                 "fused_rnn: backend='native' runs PyTorch's own RNN kernel, which has no per-step hook: "
                 "diagnostics.record_bptt records only the fused backends. Use backend='auto' (fused inside "
                 "record_bptt) or name a fused backend, e.g. backend='cpu' or 'cuda'")
-        d = policy.Decision(NATIVE, "", "forced", "backend='native' (or FUSED_RNN_BACKEND=native): PyTorch's own "
-                            "RNN kernel, what torch.nn.RNN runs")
+        d = policy.Decision(NATIVE, "", "forced", f"forced by {by}: PyTorch's own RNN kernel, what torch.nn.RNN "
+                            "runs")
     elif not auto:
-        d = policy.Decision(name, "", "forced", "named explicitly (backend= or FUSED_RNN_BACKEND)")
-    elif tracing():
+        d = policy.Decision(name, "", "forced", f"forced by {by}"
+                            + (f"; {_TIER_ENV[name]}={forced_tier} forces the tier" if forced_tier else ""))
+    elif tracing() if traced is None else traced:
         return policy.Decision(name, "", "compile",
                                "under torch.compile / torch.export auto keeps the fused opaque ops (native "
                                "decomposes into per-step ops and recompiles for every sequence length)")
@@ -255,7 +266,9 @@ def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, 
         d = policy.Decision(name, forced_tier, "forced-tier", f"{_TIER_ENV[name]}={forced_tier} forces the tier")
     else:
         d = _policy_decision(name, device, dtype, B, H, layers, directions, training)
-    if _PATH_LOG is not None:
+        if tune is not None:
+            d = tune(d)
+    if record and _PATH_LOG is not None:
         _PATH_LOG.append(d)
     return d
 
