@@ -2,8 +2,8 @@
 SHELL := /bin/bash
 PYTEST_ARGS ?=
 
-.PHONY: test bench examples setup lint gpu-check gpu-check-1 gpu-check-2 gpu-check-3 gpu-check-4 gpu-check-5 \
-	gpu-test-full arch-check clean
+.PHONY: test bench examples setup lint gpu-check gpu-check-1 gpu-check-2 gpu-check-3 gpu-check-4 gpu-test-full \
+	arch-check clean
 
 # `make test` compiles the CUDA kernels for one arch, sm_90a (H100/H200; ~38 s per .cu file on 2 cores), unless
 # FUSED_RNN_CUDA_ARCHS or TORCH_CUDA_ARCH_LIST says otherwise or a GPU is visible (then setup.py builds for it).
@@ -26,13 +26,13 @@ examples:
 lint:
 	@PY=$$(scripts/setup_env.sh) && ($$PY -m ruff --version >/dev/null 2>&1 || $$PY -m pip install -q ruff) && $$PY -m ruff check .
 
-# The staged script a lent GPU runs (docs/design.md), in five parts that each fit one device call (<= 540 s of stage
-# budgets): 1 and 2 re-verify the proven tiers, 3 runs what has not yet run on a GPU, 4 benches every provider side by
-# side, 5 is the forced-only cluster2 tier on its own (harness, op tests, sanitizer). Reports under $$OUT (or
-# gpu-report/): report-N.md, logs-N.txt, bench-N.*. `make gpu-check` runs all five.
+# The staged script a lent GPU runs (docs/design.md), in four parts that each fit one device call (<= 540 s of stage
+# budgets): 1 and 2 re-verify the proven tiers, 3 runs what has not yet run on a GPU (the forced-only cluster2 tier
+# as its last stage), 4 benches every provider side by side (then times cluster2 against cluster). Reports under
+# $$OUT (or gpu-report/): report-N.md, logs-N.txt, bench-N.*. `make gpu-check` runs all four.
 gpu-check:
 	@GPU_CHECK_PART=all bash scripts/gpu_check.sh
-gpu-check-1 gpu-check-2 gpu-check-3 gpu-check-4 gpu-check-5:
+gpu-check-1 gpu-check-2 gpu-check-3 gpu-check-4:
 	@GPU_CHECK_PART=$(@:gpu-check-%=%) bash scripts/gpu_check.sh
 
 # Compile every .cu for sm_80 (compile only; .ci/run times it): proves the Hopper-only code is guarded.

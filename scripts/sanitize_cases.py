@@ -12,12 +12,13 @@ the reference backend (a non-finite or large error fails too). One report line p
 
 Sets: `verified` = the tiers on the GPU-verified list (csrc/cuda/gpu_verified.h) minus new code inside them (the
 16-bit GEMM of cuda `fallback`'s fp16/bf16 forward); `unverified` = everything else (batch_tiled, Triton, any tier a
-later change adds, that new code) except `own` = the tiers in OWN_PART, which `make gpu-check` runs in a part of
-their own (cluster2: part 5); `all` = the three. A comma list unites sets (`--set verified,unverified`); `--tiers`
-picks tiers by name instead, whatever their set. `make gpu-check` runs the unverified set in part 3, so a failure
-there cannot use up the run that re-verifies the proven tiers, and the own-part tiers after it, so a trap or hang in
-a new tier cannot use up part 3's run either. `--names` prints the set's `backend:tier` names (one line) and runs
-nothing: part 4 names them to the bench, which times unverified tiers only when named.
+later change adds, that new code) except `own` = the tiers in OWN_PART, which `make gpu-check` runs in a stage of
+their own (cluster2: stage 3.5, the last of part 3); `all` = the three. A comma list unites sets (`--set
+verified,unverified`); `--tiers` picks tiers by name instead, whatever their set. `make gpu-check` runs the
+unverified set in part 3, so a failure there cannot use up the run that re-verifies the proven tiers, and the
+own-stage tiers after it, so a trap or hang in a new tier cannot use up the rest of part 3's run either. `--names`
+prints the set's `backend:tier` names (one line) and runs nothing: part 4 names them to the bench, which times
+unverified tiers only when named.
 The dtype `tf32` is fp32 storage with allow_tf32=True (cluster2 runs fp32 only so).
 """
 
@@ -39,7 +40,7 @@ from fused_rnn.recurrence import recurrence  # noqa: E402
 SHAPES: dict[tuple[str, str], tuple[int, int, int]] = {}
 DEFAULT_SHAPE = (5, 3, 40)  # cluster: 10 CTAs of 4 units; persistent: 10 CTAs; triton cooperative: 3 hidden tiles;
 #                             cluster2: 3 CTAs of 16 units, BT 8
-# Tiers not yet run on a GPU that make gpu-check runs in a part of their own (scripts/gpu_check.sh part 5,
+# Tiers not yet run on a GPU that make gpu-check runs in a stage of their own (scripts/gpu_check.sh stage 3.5,
 # csrc/cuda/harness/cluster2_device.sh), so they are not in the `unverified` set of part 3.
 OWN_PART: frozenset[tuple[str, str]] = frozenset({("cuda", "cluster2")})
 SETS = ("verified", "unverified", "own", "all")

@@ -34,7 +34,7 @@ from fused_rnn.backends import cuda_heuristic, select, tier_log, verified
 from fused_rnn.backends import reference as ref
 
 TIERS = ("batch_tiled", "persistent", "cluster", "fallback")
-FORCED_ONLY_TIERS = ("cluster2",)  # tested in tests/test_cluster2.py; part 5 of make gpu-check
+FORCED_ONLY_TIERS = ("cluster2",)  # tested in tests/test_cluster2.py; stage 3.5 of make gpu-check
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 # ---------------------------------------------------------------------------------------------------------------

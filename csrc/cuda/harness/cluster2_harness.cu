@@ -3,7 +3,8 @@
 // and in-dtype CPU references (tolerance rule of docs/design.md), bitwise determinism, NaN-poisoned outputs, exact
 // zeros at padded steps, refusals, a run beside a kernel that fills every SM, then times it against `cluster` (v1)
 // interleaved in one process. Not part of the extension build. Build and run: csrc/cuda/harness/cluster2_device.sh.
-//   ./cluster2_harness [mode]   mode 0: checks + timing; 1: checks only; 2: one tiny case (for compute-sanitizer)
+//   ./cluster2_harness [mode]   mode 0: checks + timing; 1: checks only; 2: one tiny case (for compute-sanitizer);
+//                               3: timing only (gpu-check part 4, after part 3 ran the checks)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -306,20 +307,8 @@ void timing(int Tn, int B, int H) {
          Tn, B, H, med(0, 0), med(0, 1), med(1, 0), med(1, 1));
 }
 
-int main(int argc, char** argv) {
-  const int mode = argc > 1 ? atoi(argv[1]) : 0;
-  setvbuf(stdout, nullptr, _IOLBF, 0);  // every line reaches the file even if a timeout ends the timing part
-  dispatch_log::set_enabled(true);      // the launchers note the plan they launched (off again for the timing)
-  cudaDeviceProp prop;
-  CK(cudaGetDeviceProperties(&prop, 0));
-  printf("device %s, sm_%d%d, %d SMs, smem optin %zu\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount,
-         prop.sharedMemPerBlockOptin);
-  if (mode == 2) {
-    run_case<__nv_bfloat16>(5, 3, 40, true, 0, true, true, 1);
-    run_case<__half>(4, 9, 300, false, 1, true, true, 2);
-    printf("FAILURES %d\n", g_fail);
-    return g_fail ? 1 : 0;
-  }
+// The checks of modes 0 and 1 (g_fail counts the failures).
+void checks(const cudaDeviceProp& prop) {
   unsigned seed = 10;
   using bf = __nv_bfloat16;
   run_case<bf>(1, 1, 1, false, 0, false, true, seed++);
@@ -362,6 +351,24 @@ int main(int argc, char** argv) {
     printf("busy-stream run finished in %.2f s\n", sec);
   }
   printf("FAILURES %d\n", g_fail);
+}
+
+int main(int argc, char** argv) {
+  const int mode = argc > 1 ? atoi(argv[1]) : 0;
+  setvbuf(stdout, nullptr, _IOLBF, 0);  // every line reaches the file even if a timeout ends the timing part
+  dispatch_log::set_enabled(true);      // the launchers note the plan they launched (off again for the timing)
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  printf("device %s, sm_%d%d, %d SMs, smem optin %zu\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount,
+         prop.sharedMemPerBlockOptin);
+  if (mode == 2) {
+    run_case<__nv_bfloat16>(5, 3, 40, true, 0, true, true, 1);
+    run_case<__half>(4, 9, 300, false, 1, true, true, 2);
+    printf("FAILURES %d\n", g_fail);
+    return g_fail ? 1 : 0;
+  }
+  using bf = __nv_bfloat16;
+  if (mode != 3) checks(prop);
   if (mode == 1 || g_fail) return g_fail ? 1 : 0;
   dispatch_log::set_enabled(false);
   for (int B : {1, 16})
