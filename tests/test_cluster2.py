@@ -18,9 +18,9 @@ With a GPU (`-m gpu`, not `gpu_quick`: `make gpu-check` runs this tier in a stag
 compared with the reference, and the tier record (fused_rnn.backends.tier_log) must show that cluster2 itself ran;
 csrc/cuda/harness/cluster2_harness.cu calls the entry points directly and times them.
 Tolerance rule: error(tier in dtype X vs fp64 oracle) <= 2 * error(reference in dtype X) + FLOOR[X].
-Cost (`make test` runs it all): ~80 s of CPU, of which ~45 s are the 12 emulator builds; the `emu_builds` fixture
-compiles them on every core but one while the emulation runs on the last (2 cores: ~50-60 s of wall time when the
-machine is otherwise idle; measured figures in csrc/cuda/NOTES_cluster2.md).
+Cost (`make test` runs it all): ~63 s of CPU, ~45 s of it the 12 emulator builds, which the `emu_builds` fixture
+compiles on every core but one while the emulation runs on the last (74 s of wall time on 2 shared cores at load 4-5,
+2026-12-01; csrc/cuda/NOTES_cluster2.md).
 Shapes: T time, B batch, H hidden.
 """
 
@@ -542,12 +542,12 @@ EMU_CASES = [
     (7, 3, 100, torch.float16, True, True, "relu", 0, 0),     # C=7, one warp without k tiles
     (4, 9, 300, torch.bfloat16, True, True, "tanh", 0, 0),    # mt 2, C=10, two clusters of BT 8
     (4, 20, 200, torch.float16, False, True, "tanh", 0, 2),   # BT 16, two clusters, the second partial
-    (3, 2, 530, torch.bfloat16, True, False, "relu", 0, 0),   # mt 3 on the (4, 8) class, C=12
+    (2, 2, 530, torch.bfloat16, True, False, "relu", 0, 0),   # mt 3 on the (4, 8) class, C=12
     (2, 1, 1000, torch.bfloat16, False, False, "tanh", 0, 0),  # mt 4, C=16: the largest cluster, all 8 warps
     (5, 4, 64, torch.bfloat16, True, True, "tanh", 4, 0),     # C=1 (no exchange), 4 m tiles in one CTA
     (1, 1, 1, torch.float16, True, True, "relu", 0, 0),       # T=1, H=1
     (5, 3, 17, TF32, False, True, "tanh", 0, 0),              # fp32 as TF32 (m16n8k8), BT 8
-    (3, 2, 700, TF32, True, True, "relu", 0, 0),              # TF32 mt 3 on its (3, 6) class, C=15
+    (2, 2, 700, TF32, True, True, "relu", 0, 0),              # TF32 mt 3 on its (3, 6) class, C=15
     (4, 20, 100, TF32, False, True, "tanh", 0, 2),            # TF32, BT 16, two clusters
 ]
 
@@ -624,7 +624,9 @@ MUTANTS = {
 MUTANT_CASE = (7, 3, 100, torch.bfloat16, True, True, "tanh", 0, 0)  # C=7; forward BT 8 uses ldmatrix.x2
 MUTANT_CASE_X4 = (5, 11, 60, torch.bfloat16, False, True, "tanh", 0, 2)  # forward BT 16 uses ldmatrix.x4
 MUTANT_CASE_TF32 = (5, 3, 100, TF32, True, True, "tanh", 0, 0)  # the TF32 (m16n8k8) fragment maps
-MUTANT_POLICIES = (POLICY_RANDOM, POLICY_LAZY, POLICY_EAGER, POLICY_RANDOM + 3, POLICY_LAZY + 3)
+# Every mutant is caught within the first three runs (policy 0 or 1; 2026-12-01), so three schedules leave margin; the
+# CTA-priority schedules (+3) run in the schedule test above. The control below runs all of them unmutated.
+MUTANT_POLICIES = (POLICY_RANDOM, POLICY_LAZY, POLICY_EAGER)
 
 
 def _mutant_dt(case: tuple) -> int:
