@@ -95,7 +95,7 @@ step_sanitizer() {
 step_check() {
   local rc=0
   build_harness || return 1
-  run_harness 1 cluster2_harness.txt 75 || rc=1  # keeps >= 75 s of the stage for the op tests and the sanitizer
+  run_harness 1 cluster2_harness.txt 65 || rc=1  # keeps ~65 s of the stage for the op tests and the sanitizer
   step_ops || rc=1
   step_sanitizer || rc=1
   return $rc
