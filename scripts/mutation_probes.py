@@ -135,8 +135,8 @@ PROBES: list[Probe] = [
         name="dropout-not-between-layers", item="5", owner="tests",
         mutation="dropout also after the last layer (the layer < num_layers - 1 condition dropped)",
         tests=("tests/test_parity_options.py", "tests/test_module.py", "-k", "dropout"),
-        target="fused_rnn.modules:RNN._run_layers",
-        edits=(("self.training and layer < self.num_layers - 1:", "self.training:"),)),
+        target="fused_rnn.stack:run_fused_stack",
+        edits=(("module.training and layer < module.num_layers - 1:", "module.training:"),)),
     Probe(
         name="bench-gate-out-only", item="3", owner="native", depends_on="item 3 (helper native): the bench gate tests",
         mutation="the bench's correctness gate judges `out` only (h_n, dx and dW dropped)",
@@ -162,7 +162,7 @@ PROBES: list[Probe] = [
         mutation="the persistent and cluster tiers silently fall back (the C++ forward never runs them)",
         tests=("tests/test_cuda.py", "tests/test_cuda_persistent.py", "-m", "gpu_quick"), kind="cpp",
         target="csrc/cuda/elman_cuda.cpp",
-        edits=(("    done = elman_fwd_persistent(p, P.scalar_type(), tr == Tier::Cluster, stream);",
+        edits=(("    done = elman_fwd_persistent(p, P.scalar_type(), want == Tier::Cluster, stream);",
                 "    done = false;"),), needs_gpu=True),
     Probe(
         name="tier-silent-fallback-py", item="1", owner="gpusafe",

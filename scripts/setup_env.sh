@@ -55,7 +55,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 stamp=build/.fused_rnn_build_stamp
-hash=$( (cat setup.py; find csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) \
+hash=$( (cat setup.py; find csrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.inc' -o -name '*.cu' -o -name '*.cuh' \) \
          -print0 | sort -z | xargs -0 cat; "$PY" -c "import torch; print(torch.__version__)";
          echo "${FUSED_RNN_SKIP_CUDA_BUILD:-0}${TORCH_CUDA_ARCH_LIST:-}${FUSED_RNN_CUDA_ARCHS:-}") | sha256sum | cut -d' ' -f1)
 if [ "${FUSED_RNN_FORCE_BUILD:-0}" = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$hash" ] \

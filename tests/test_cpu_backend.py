@@ -1,9 +1,11 @@
 """The C++ CPU backend (csrc/cpu/) against the reference backend, the oracle of the backend contract.
 
 Shapes: T time, B batch, H hidden. Contract checks call the backend functions directly (fused_rnn.backends.cpu),
-gradients go through fused_rnn.recurrence.ElmanRecurrence, and every kernel set this CPU can run (generic and AVX2)
-is tested. fp32/fp64 are compared tightly with the reference; fp16/bf16 by DESIGN.md's tolerance rule (error vs an
-fp64 oracle <= 2 x the reference's own error in that dtype, plus a small floor).
+gradients go through fused_rnn.recurrence.ElmanRecurrence, and every kernel set this CPU can run (generic always;
+AVX2 and AVX-512 where /proc/cpuinfo lists them -- tests/cpu_common.py) and every path (serial, hidden split, batch
+split, per-step BLAS) is tested. Threads, nesting and bitwise equality: tests/test_cpu_threads.py. fp32/fp64 are
+compared tightly with the reference; fp16/bf16 by DESIGN.md's tolerance rule (error vs an fp64 oracle <= 2 x the
+reference's own error in that dtype, plus a small floor).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from cpu_common import BEST_ISA, ISAS, forced, last_run  # tests/cpu_common.py
 
 import fused_rnn
 from fused_rnn.backends import cpu as cpu_backend
@@ -23,41 +26,27 @@ from fused_rnn.recurrence import ElmanRecurrence
 Tensor = torch.Tensor
 
 
-def _isas() -> list[str]:
-    """Kernel sets this CPU and build can run (generic always; avx2 where cpuid has AVX2+FMA)."""
-    if "cpu" not in fused_rnn.available_backends():
-        return ["generic"]  # test_extension_is_built reports the real problem
-    out = ["generic"]
-    try:
-        torch.ops.fused_rnn.cpu_isa("avx2")
-        out.append("avx2")
-    except RuntimeError:
-        pass
-    finally:
-        torch.ops.fused_rnn.cpu_isa("auto")
-    return out
-
-
-ISAS = _isas()
+# Kernel paths: every instruction set this CPU lists in /proc/cpuinfo (own loops, path chosen as usual), then the
+# best ISA with the hidden split and with the batch split forced (2+ threads run them; one thread runs serially), and
+# the per-step BLAS path.
+PATHS = [*ISAS, "hidden", "batch", "blas"]
 
 
 @contextlib.contextmanager
 def forced_isa(name: str) -> Iterator[str]:
-    """Run with one kernel path forced -- an instruction set of the own loops ("generic", "avx2"), or "blas" (the
-    per-step BLAS path, by default only for B >= 32 and H >= 384, here for every B) -- then restore the default."""
-    if name == "blas":
-        torch.ops.fused_rnn.cpu_blas_min_batch(1)
+    """Run with one kernel path forced -- an instruction set of the own loops ("generic", "avx2", "avx512"), a split
+    of the own loops on the best ISA ("hidden", "batch"), or "blas" (the per-step BLAS path) -- asserting that the
+    switch took effect, then restore the default."""
+    if name in ISAS:
+        with forced(isa=name, path="auto"):
+            yield name
+            assert last_run()["isa"] == name, f"asked for {name}, ran {last_run()}"
     else:
-        torch.ops.fused_rnn.cpu_isa(name)
-        torch.ops.fused_rnn.cpu_blas_min_batch(2**62)
-    try:
-        yield name
-    finally:
-        torch.ops.fused_rnn.cpu_isa("auto")
-        torch.ops.fused_rnn.cpu_blas_min_batch(0)
-
-
-PATHS = ISAS + ["blas"]
+        with forced(isa=BEST_ISA, path=name):
+            yield name
+            # a split runs serially where the shape leaves one worker nothing to do (test_cpu_threads.py checks that
+            # it really splits where it can)
+            assert last_run()["path"] in (name, "serial"), last_run()
 
 
 @pytest.fixture(params=PATHS)
@@ -389,7 +378,30 @@ def test_bad_strings_raise(op: str) -> None:
 def test_isa_hook_rejects_unknown() -> None:
     with pytest.raises(RuntimeError, match="unknown instruction set"):
         torch.ops.fused_rnn.cpu_isa("sse9")
-    assert torch.ops.fused_rnn.cpu_isa("") in ("generic", "avx2")
+    with pytest.raises(RuntimeError, match="unknown path"):
+        torch.ops.fused_rnn.cpu_path("gpu")
+    assert torch.ops.fused_rnn.cpu_isa("") in ("generic", "avx2", "avx512")
+    assert torch.ops.fused_rnn.cpu_path("") == "auto"
+
+
+@pytest.mark.parametrize("name", ISAS)
+def test_every_isa_the_cpu_lists_is_built(name: str) -> None:
+    """Where /proc/cpuinfo lists AVX2+FMA (AVX-512 F/BW/VL/DQ), the avx2 (avx512) kernels exist and run: a missing
+    variant fails here instead of silently leaving the tests on another one."""
+    with forced(isa=name):
+        P, h0, w, _, _, _ = _inputs(3, 2, 5, torch.float32, "none")
+        cpu_backend.forward(P, h0, w, None, False, "tanh")
+        assert last_run()["isa"] == name
+
+
+def test_auto_picks_the_best_isa() -> None:
+    """With nothing forced, the best variant this CPU lists runs -- capped by torch's ATEN_CPU_CAPABILITY when set
+    ("avx2": at most AVX2; "default" or anything else: generic)."""
+    import os
+
+    cap = os.environ.get("ATEN_CPU_CAPABILITY", "")
+    want = {"": BEST_ISA, "avx512": BEST_ISA, "avx2": ISAS[min(1, len(ISAS) - 1)]}.get(cap, "generic")
+    assert torch.ops.fused_rnn.cpu_isa("auto") == want
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

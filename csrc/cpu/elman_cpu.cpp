@@ -10,8 +10,13 @@
 // at every step (as the reference does), the backward carries its gradient in fp32 and rounds dA only when storing.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -20,6 +25,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <c10/util/ParallelGuard.h>
 #include <torch/library.h>
 
 #include "../fused_rnn.h"
@@ -27,14 +33,244 @@
 
 namespace fused_rnn {
 namespace cpu {
+
+// ---- waiting ----------------------------------------------------------------------------------------------------
+// Spin (a partner a few µs behind is the common case on an idle machine), then yield, then sleep in short naps -- on
+// a shared machine the partner may be descheduled for a whole time slice, and a pure spin would then hold the core
+// it needs.
+namespace {
+constexpr int64_t kSpinNs = 50000;     // 50 µs of pause-spinning
+constexpr int64_t kYieldNs = 1000000;  // then sched_yield up to 1 ms, then 50 µs sleeps
+
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+class Backoff {
+ public:
+  Backoff() : t0_(now_ns()) {}
+  void wait() {
+    if ((++n_ & 15) == 0) elapsed_ = now_ns() - t0_;
+    if (elapsed_ < kSpinNs) {
+      cpu_relax();
+    } else if (elapsed_ < kYieldNs) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+  int64_t elapsed_ns() const { return now_ns() - t0_; }
+
+ private:
+  int64_t n_ = 0, t0_, elapsed_ = 0;
+};
+
+// ---- who takes part in a hidden split --------------------------------------------------------------------------
+// at::parallel_for(0, n, 1, f) may call f fewer than n times (nested, or one thread: once, inline, for all n) and,
+// with a thread pool shared by several callers, may start some calls late. So the workers are counted where they
+// arrive: each call of f joins the gate with the number of items it covers; the gate closes when all n items are
+// covered, or when `timeout_ns` has passed since the first arrival. The workers that joined before the close split
+// the work; a call arriving after it does nothing. Every worker that takes part is a running thread that has entered
+// the loop, and a round (below) never waits for a worker that holds no claimed panel: no deadlock, whatever the
+// threading backend, nesting or load (a slow start costs at most the timeout, then the work runs on fewer threads,
+// with bitwise the same results).
+class Gate {
+ public:
+  // Returns this worker's index (0-based, in arrival order) and sets *nparts; -1 if the gate had already closed.
+  int join(int64_t items, int64_t total, int64_t timeout_ns, int* nparts) {
+    uint64_t w = word_.load(std::memory_order_acquire);
+    int idx;
+    for (;;) {
+      if (w & kClosed) return -1;
+      if (word_.compare_exchange_weak(w, w + (static_cast<uint64_t>(items) << 32) + 1, std::memory_order_acq_rel)) {
+        idx = static_cast<int>(w & 0xffffffffu);
+        break;
+      }
+    }
+    Backoff backoff;
+    for (;;) {
+      w = word_.load(std::memory_order_acquire);
+      if (w & kClosed) break;
+      const int64_t covered = static_cast<int64_t>((w >> 32) & 0x7fffffffu);
+      if (covered >= total || backoff.elapsed_ns() > timeout_ns) {
+        if (word_.compare_exchange_strong(w, w | kClosed, std::memory_order_acq_rel)) {
+          w |= kClosed;
+          break;
+        }
+        continue;
+      }
+      backoff.wait();
+    }
+    *nparts = static_cast<int>(w & 0xffffffffu);
+    return idx;
+  }
+  // The number of workers, once closed (0 before).
+  int nparts() const {
+    const uint64_t w = word_.load(std::memory_order_acquire);
+    return (w & kClosed) ? static_cast<int>(w & 0xffffffffu) : 0;
+  }
+
+ private:
+  static constexpr uint64_t kClosed = 1ull << 63;
+  alignas(64) std::atomic<uint64_t> word_{0};  // bit 63 closed | bits 32-62 items covered | bits 0-31 workers
+};
+
+}  // namespace
+
+// ---- the rounds of a hidden split ------------------------------------------------------------------------------
+// Worker i of P owns the panels [npanels·i/P, npanels·(i+1)/P) and claims them front to back, one `unit` at a time,
+// with a compare-and-swap on its own cache line; a worker whose own panels are gone takes what is left of another's
+// from the back -- at once when the other is 2+ units behind, after kStealGraceNs of waiting otherwise. Each worker
+// adds the panels it finished to one shared counter before it waits; the round is complete when the counter reaches
+// npanels·(round + 1). So on an idle machine every worker computes exactly its own panels each step (its share of
+// W_hh stays in its core's cache), and when the OS deschedules a worker, the others carry on with its panels
+// instead of waiting a time slice at every step (a fixed per-step barrier measured 3 ms/step against 0.7 ms serial
+// at B=4, H=1024 with the machine loaded ~10 on 2 cores, 2026-12-01). A worker descheduled while it holds a claimed
+// panel still delays that round.
+// If a round waits longer than kSoloAfterNs (a worker holding a panel is descheduled), the waiting worker finishes
+// the call alone and the others retire as they come back; the result bits do not depend on who computes what. On this
+// shared VM, even with nothing else of ours running, waits of 50-250 µs happen (other processes, the host): at a
+// 50 µs threshold 22 of 60 calls at B=1 H=1024 went solo and ran at serial speed from there; at 250 µs, 1 of 60
+// (median 26.8 µs/step vs 33.7), 2026-12-01. A real time-slice loss lasts milliseconds, so 250 µs still catches it.
+namespace {
+constexpr int64_t kStealGraceNs = 5000;
+constexpr int64_t kSoloAfterNs = 250000;
+}  // namespace
+
+struct Team {
+  Team(int64_t npanels_, int64_t max_workers) : npanels(npanels_), ranges(new Range[max_workers]) {}
+
+  struct alignas(64) Range {
+    std::atomic<uint64_t> word{0};  // bits 32-63: round + 1 (0: never claimed) | 16-31: lo | 0-15: hi
+    int64_t pending = 0;            // panels the owner finished and has not added to `done` yet
+  };
+
+  // Claims up to `unit` panels of worker v's range in `round` (from the front if `front`, else from the back) when
+  // at least min_avail are left.
+  bool claim(int v, int P, int64_t round, int64_t unit, bool front, int64_t min_avail, int64_t* a, int64_t* b) {
+    Range& rg = ranges[v];
+    const uint64_t tag = static_cast<uint64_t>(round + 1);
+    uint64_t w = rg.word.load(std::memory_order_acquire);
+    for (;;) {
+      const uint64_t wr = w >> 32;
+      if (wr > tag) return false;  // a later round has begun: this one is complete
+      int64_t lo, hi;
+      if (wr < tag) {  // untouched in this round: the owner's whole range
+        lo = npanels * v / P;
+        hi = npanels * (v + 1) / P;
+      } else {
+        lo = static_cast<int64_t>((w >> 16) & 0xffffu);
+        hi = static_cast<int64_t>(w & 0xffffu);
+      }
+      if (hi - lo < std::max<int64_t>(1, min_avail)) return false;
+      const int64_t take = std::min(unit, hi - lo);
+      int64_t nlo = lo, nhi = hi;
+      if (front) {
+        *a = lo;
+        *b = nlo = lo + take;
+      } else {
+        *a = nhi = hi - take;
+        *b = hi;
+      }
+      const uint64_t nw = (tag << 32) | (static_cast<uint64_t>(nlo) << 16) | static_cast<uint64_t>(nhi);
+      if (rg.word.compare_exchange_weak(w, nw, std::memory_order_acq_rel, std::memory_order_acquire)) return true;
+    }
+  }
+
+  bool steal(int self, int P, int64_t round, int64_t unit, int64_t min_avail, int64_t* a, int64_t* b) {
+    for (int k = 1; k < P; ++k) {
+      if (claim((self + k) % P, P, round, unit, false, min_avail, a, b)) return true;
+    }
+    return false;
+  }
+
+  const int64_t npanels;  // < 2^16 (the claim word's fields); larger W_hh runs serially
+  Gate gate;
+  std::atomic<int> solo{-1};  // >= 0: the worker that finishes the call alone, the others retire
+  int stall_worker = -1;      // test hook: this worker sleeps 1 ms in round 3 holding a claimed panel
+  alignas(64) std::atomic<int64_t> done{0};  // panels completed, all rounds together
+  std::unique_ptr<Range[]> ranges;
+};
+
+bool team_next(Team* team, int worker, int64_t round, int unit, int64_t finished, int64_t* a, int64_t* b) {
+  const int P = team->gate.nparts();
+  Team::Range& me = team->ranges[worker];
+  me.pending += finished;
+  auto flush = [&] {  // count what this worker finished: the others may be waiting for it
+    if (me.pending > 0) team->done.fetch_add(me.pending, std::memory_order_release);
+    me.pending = 0;
+  };
+  int solo = team->solo.load(std::memory_order_acquire);
+  if (solo >= 0 && solo != worker) {  // another worker runs the rest of the call alone: retire
+    flush();
+    return false;
+  }
+  if (team->claim(worker, P, round, unit, true, 1, a, b)) {
+    if (worker == team->stall_worker && round == 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return true;
+  }
+  flush();
+  if (team->steal(worker, P, round, unit, solo == worker ? 1 : 2 * unit, a, b)) return true;
+  const int64_t target = team->npanels * (round + 1);
+  Backoff backoff;
+  for (;;) {
+    if (team->done.load(std::memory_order_acquire) >= target) return false;
+    const int64_t waited = backoff.elapsed_ns();
+    if ((solo == worker || waited > kStealGraceNs) && team->steal(worker, P, round, unit, 1, a, b)) return true;
+    if (solo < 0 && waited > kSoloAfterNs) {
+      // A worker we wait for is not running (it holds a claimed panel): the OS has other work for this machine's
+      // cores. Finish the call alone rather than wait for a descheduled worker at every step.
+      int expected = -1;
+      solo = team->solo.compare_exchange_strong(expected, worker, std::memory_order_acq_rel) ? worker : expected;
+    }
+    if (solo >= 0 && solo != worker) return false;
+    backoff.wait();
+  }
+}
+
 namespace {
 
 // ---- instruction-set choice (run time: the binary runs on any x86-64 CPU) -------------------------------------
-const KernelTable* best_kernels() {
+bool cpu_has_avx2() {
 #if defined(FUSED_RNN_CPU_AVX2)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &avx2_kernels();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
 #endif
+}
+
+bool cpu_has_avx512() {
+#if defined(FUSED_RNN_CPU_AVX512)
+  __builtin_cpu_init();
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
+
+// The best set this CPU runs, capped by ATEN_CPU_CAPABILITY when set (torch's own switch, read once: "default"
+// -> generic, "avx2" -> at most AVX2), so one variable moves torch's kernels and these together.
+const KernelTable* best_kernels() {
+  const char* cap = std::getenv("ATEN_CPU_CAPABILITY");
+  const std::string c = cap ? cap : "";
+  const bool allow512 = c.empty() || c == "avx512";
+  const bool allow2 = allow512 || c == "avx2";
+#if defined(FUSED_RNN_CPU_AVX512)
+  if (allow512 && cpu_has_avx512()) return &avx512_kernels();
+#endif
+#if defined(FUSED_RNN_CPU_AVX2)
+  if (allow2 && cpu_has_avx2()) return &avx2_kernels();
+#endif
+  (void)allow2;
   return &generic_kernels();
 }
 
@@ -43,8 +279,8 @@ std::atomic<const KernelTable*>& active_kernels() {
   return k;
 }
 
-// Test hook: "" -> the active kernel set's name; "auto" | "generic" | "avx2" -> switch (error if this CPU or build
-// cannot run it) and return the new name. Lets the tests run the generic kernels on an AVX2 machine too.
+// Test hook: "" -> the active kernel set's name; "auto" | "generic" | "avx2" | "avx512" -> switch (error if this CPU
+// or build cannot run it) and return the new name. Lets the tests run every variant the CPU has.
 std::string cpu_isa_op(const std::string& request) {
   if (request.empty()) return active_kernels().load()->name;
   const KernelTable* k = nullptr;
@@ -54,50 +290,154 @@ std::string cpu_isa_op(const std::string& request) {
     k = &generic_kernels();
   } else if (request == "avx2") {
 #if defined(FUSED_RNN_CPU_AVX2)
-    TORCH_CHECK(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"),
-                "fused_rnn.cpu_isa: this CPU has no AVX2+FMA");
+    TORCH_CHECK(cpu_has_avx2(), "fused_rnn.cpu_isa: this CPU has no AVX2+FMA");
     k = &avx2_kernels();
 #else
     TORCH_CHECK(false, "fused_rnn.cpu_isa: this build has no AVX2 kernels");
 #endif
+  } else if (request == "avx512") {
+#if defined(FUSED_RNN_CPU_AVX512)
+    TORCH_CHECK(cpu_has_avx512(), "fused_rnn.cpu_isa: this CPU has no AVX-512 F/BW/VL/DQ");
+    k = &avx512_kernels();
+#else
+    TORCH_CHECK(false, "fused_rnn.cpu_isa: this build has no AVX-512 kernels");
+#endif
   } else {
-    TORCH_CHECK(false, "fused_rnn.cpu_isa: unknown instruction set '", request, "' (auto, generic, avx2)");
+    TORCH_CHECK(false, "fused_rnn.cpu_isa: unknown instruction set '", request, "' (auto, generic, avx2, avx512)");
   }
   active_kernels().store(k);
   return k->name;
 }
 
-// ---- own loops vs per-step BLAS --------------------------------------------------------------------------------
-// Large B·H: each step is one BLAS GEMM into a [B,H] slice (MKL blocks W for the cache and splits the GEMM over the
-// threads). Otherwise our own register-blocked loops run each batch row through all T with no per-step dispatcher
-// call and no per-step thread synchronisation. Measured 2026-11-27 on this 2-core AMD EPYC (AVX2), fp32 op alone,
-// best of 15, 2 threads, load average ~4 -- own vs BLAS, forward / backward ms:
-//   T=128 B=64 H=512: 45.7 / 82.7 vs 32.6 / 29.6   (W_hh = 1 MB: streamed per 4-row block, BLAS blocks it)
-//   T=128 B=32 H=256:  4.4 /  3.6 vs  6.0 /  5.4
-//   T=256 B=16 H=256:  6.9 /  6.4 vs  8.2 /  6.9
-//   T=256 B=8  H=256:  3.5 /  1.7 vs  4.5 /  3.9
-// Under heavy load (load average > 100) the per-step barriers made BLAS 2-6x slower at every size, so ties go to
-// the own loops.
-constexpr int64_t kBlasMinBatch = 32;
-constexpr int64_t kBlasMinHidden = 384;
+// ---- which loop runs a call ------------------------------------------------------------------------------------
+//   serial  one thread, all rows and columns (also whenever we run inside a parallel region or with one thread)
+//   hidden  the workers split the result columns (panels of W_hh) step by step (Team: each owns a share, takes
+//           over a descheduled one's)
+//   batch   the workers split the batch rows, each with all of W_hh, and never wait for each other
+//   blas    one BLAS GEMM per step into a [B, H] slice (MKL blocks W and splits the GEMM over its threads)
+// serial, hidden and batch run the same per-output summation (elman_cpu_kernels.inc, "Determinism"): bitwise equal
+// results for every thread count. blas sums in MKL's order.
+enum class Path : int { Auto = 0, Serial, Hidden, Batch, Blas };
+const char* path_name(Path p) {
+  switch (p) {
+    case Path::Serial: return "serial";
+    case Path::Hidden: return "hidden";
+    case Path::Batch: return "batch";
+    case Path::Blas: return "blas";
+    default: return "auto";
+  }
+}
 
-// 0 = the rule above; n > 0 = forced: BLAS iff B >= n (tests and benchmarks).
-std::atomic<int64_t>& forced_blas_min_batch() {
-  static std::atomic<int64_t> v{0};
+std::atomic<int>& forced_path() {
+  static std::atomic<int> v{0};
   return v;
 }
 
-bool use_blas(int64_t B, int64_t H) {
-  const int64_t forced = forced_blas_min_batch().load();
-  if (forced > 0) return B >= forced;
-  return B >= kBlasMinBatch && H >= kBlasMinHidden;
+// Test hooks for the hidden split (cpu_path "hidden-late" / "hidden-stall"): 1 = the last worker of each call
+// starts only once the gate has closed on the others (its timeout passed); 2 = worker 1 sleeps 1 ms in round 3
+// while it holds a claimed panel.
+std::atomic<int>& test_fault() {
+  static std::atomic<int> v{0};
+  return v;
 }
 
-// Test/benchmark hook: n > 0 forces the per-step BLAS path for every B >= n, whatever H (1 = always, a huge value
-// = never); n = 0 restores the default rule; n < 0 only reads. Returns the forced value in force (0 = default rule).
-int64_t cpu_blas_min_batch_op(int64_t n) {
-  if (n >= 0) forced_blas_min_batch().store(n);
-  return forced_blas_min_batch().load();
+// Test/benchmark hook: "" -> the forced path ("auto" when none); "auto" | "serial" | "hidden" | "batch" | "blas" ->
+// force it for every later call (hidden and batch still run serially where only one thread is available, or where
+// the shape leaves a second worker nothing to do). "hidden-late" is "hidden" with the last worker of each call
+// arriving after the gate has closed (tests the gate's timeout); "hidden-stall" is "hidden" with worker 1 stopping
+// for 1 ms while it holds a panel (tests the take-over).
+std::string cpu_path_op(const std::string& request) {
+  if (!request.empty()) {
+    Path p;
+    int fault = 0;
+    if (request == "hidden-late" || request == "hidden-stall") {
+      p = Path::Hidden;
+      fault = request == "hidden-late" ? 1 : 2;
+    } else if (request == "auto") {
+      p = Path::Auto;
+    } else if (request == "serial") {
+      p = Path::Serial;
+    } else if (request == "hidden") {
+      p = Path::Hidden;
+    } else if (request == "batch") {
+      p = Path::Batch;
+    } else if (request == "blas") {
+      p = Path::Blas;
+    } else {
+      TORCH_CHECK(false, "fused_rnn.cpu_path: unknown path '", request, "' (auto, serial, hidden, batch, blas)");
+    }
+    test_fault().store(fault);
+    forced_path().store(static_cast<int>(p));
+  }
+  const int fault = test_fault().load();
+  return std::string(path_name(static_cast<Path>(forced_path().load()))) +
+         (fault == 1 ? "-late" : fault == 2 ? "-stall" : "");
+}
+
+// What the last elman_fwd / elman_bwd on this thread ran: "isa=<name> path=<path> threads=<workers>".
+thread_local std::string t_last_run;
+std::string cpu_last_run_op() { return t_last_run; }
+
+// Threads a call may use: 1 inside another parallel region (at::parallel_for runs nested bodies inline, so a
+// split there would only add waiting) or when torch is set to one thread.
+int64_t usable_threads() {
+  if (at::in_parallel_region() || c10::ParallelGuard::is_enabled()) return 1;
+  return std::max<int64_t>(1, at::get_num_threads());
+}
+
+// ---- the automatic choice -------------------------------------------------------------------------------------
+// Never the per-step BLAS path: the own kernels keep results independent of the thread count, and they match or
+// beat MKL's per-step GEMM. Single thread, µs per step, own kernel forward (tanh included) / backward vs at::addmm
+// (the GEMM nn.RNN runs per step), GMAC/s in brackets -- this 2-core AMD EPYC (Zen 4), AVX-512 build (FMA), thread
+// CPU time (immune to the other processes of this shared machine, not to their cache use), 2026-12-01:
+//   B=1   H=256:     3.0 /   2.8 (21.9) vs   8.1 ( 8.1)    B=1   H=1024:  85 /  71 (12.3) vs  86 (12.2)
+//   B=4   H=1024:   114 /  98 (36.8) vs  361 (11.6)       B=16  H=256:   23 /  21 (45.5) vs  41 (25.8)
+//   B=16  H=1024:   359 / 348 (46.7) vs  812 (20.7)       B=64  H=512:  360 / 348 (46.6) vs 365 (46.0)
+//   B=256 H=256:    422 / 441 (39.8) vs  345 (48.7)
+// Only at B = 256 is MKL's GEMM ahead (~20%); select.py's policy sends B >= 64 to nn.RNN's own kernel anyway, and the
+// per-step BLAS path stays available by hand (torch.ops.fused_rnn.cpu_path("blas")).
+//
+// Splitting a call across threads costs a fork (~10-20 µs) and, for the hidden split, a round per step (a few
+// cache-line hand-offs, well under 1 µs on an idle machine); the batch split has no per-step cost but needs rows
+// for both workers and reads all of W_hh in each. Op alone, best of 60-80 calls, µs per step, forward / backward,
+// 2 threads, this machine loaded (load average 15-60 on 2 cores) but the measuring process at nice -20, so it ran
+// nearly undisturbed; 2026-12-01, AVX-512 build (T = 4..64: the forward includes the per-call packing of W_hh):
+//                serial        hidden        batch                     serial        hidden        batch
+//   B=1  H=128   0.90/0.75     0.62/0.58     -           B=1  H=192   1.86/1.57     1.28/1.20     -
+//   B=1  H=256   3.1 /2.8      1.9 /1.8      -           B=1  H=512   16.4/15.6     8.0 /7.1      -
+//   B=1  H=1024  156 /99       95  /48       -           B=2  H=128   1.12/0.92     0.88/0.79     -
+//   B=4  H=128   1.79/1.44     1.27/1.16     -           B=4  H=512   29.6/26.6     14.9/13.2     -
+//   B=4  H=1024  203 /138      89  /61       -           B=8  H=256   13.2/11.2     9.2 /9.6      8.2 /8.1
+//   B=8  H=512   61  /44       33  /28       30  /38     B=8  H=1024  297 /207      183 /150      216 /226
+//   B=12 H=512   80  /67       46  /45       48  /43     B=16 H=128   6.6 /5.4      3.9 /3.5      3.4 /2.9
+//   B=16 H=256   23.4/21.3     12.3/11.3     11.7/10.5   B=16 H=512   100 /92       50  /43       45  /42
+//   B=16 H=1024  556 /384      211 /191      205 /186    B=32 H=64    4.3 /3.1      (serial)      2.5 /1.9
+//   B=64 H=512   397 /357      197 /177      184 /170    B=256 H=256  371 /330      180 /164      176 /161
+// (nn.RNN's forward in the same runs: 7.4 µs/step at B=1 H=128, 54 at B=1 H=512, 191 at B=16 H=512.) So: split
+// from ~16k multiply-adds per step and ~1M per call; the hidden split for small batches and for B < 16 at H > 512
+// (each worker's share of W_hh stays in its own cache), the batch split from B = 8 at H <= 512 and from B = 16 on.
+constexpr int64_t kSplitMinStepWork = 16 * 1024;    // B·H² multiply-adds per step
+constexpr int64_t kSplitMinCallWork = 1024 * 1024;  // T·B·H²
+
+Path auto_path(int64_t T_, int64_t B, int64_t H, int64_t threads, int64_t npanels, int64_t max_rows) {
+  const int64_t step = B * H * H;
+  if (threads <= 1 || step < kSplitMinStepWork || T_ * step < kSplitMinCallWork) return Path::Serial;
+  // the hidden split's claim words hold panel indices in 16 bits and the round in 32
+  const bool hidden_ok = npanels >= 2 && npanels < (1 << 16) && T_ < (int64_t(1) << 31), batch_ok = B > max_rows;
+  const bool batch_better = B >= 16 || (B >= 8 && H <= 512);
+  if (batch_ok && (batch_better || !hidden_ok)) return Path::Batch;
+  return hidden_ok ? Path::Hidden : Path::Serial;
+}
+
+Path choose_path(int64_t T_, int64_t B, int64_t H, int64_t threads, int64_t npanels, int64_t max_rows) {
+  Path p = static_cast<Path>(forced_path().load());
+  if (p == Path::Auto) return auto_path(T_, B, H, threads, npanels, max_rows);
+  // forced: as asked, or serially where it cannot split
+  if (p == Path::Blas) return p;  // BLAS threads itself (and runs single-threaded when nested)
+  if (threads <= 1) return Path::Serial;
+  if (p == Path::Hidden && (npanels < 2 || npanels >= (1 << 16) || T_ >= (int64_t(1) << 31))) return Path::Serial;
+  if (p == Path::Batch && B <= max_rows) return Path::Serial;
+  return p;
 }
 
 // ---- shared helpers --------------------------------------------------------------------------------------------
@@ -130,22 +470,83 @@ c10::optional<at::Tensor> checked_lengths(const char* op, const c10::optional<at
   return L;
 }
 
-// Run fn(b0, b1, scratch) over batch rows in blocks of kRowBlock, on torch's intra-op threads when the work pays
-// for them. Each task owns its scratch; rows are independent, so there is no synchronisation inside the time loop.
-template <typename T, typename Fn>
-void for_row_blocks(int64_t T_, int64_t B, int64_t H, const Fn& fn) {
-  const int64_t nblocks = (B + kRowBlock - 1) / kRowBlock;
-  // Below ~2e5 multiply-adds per block a thread hand-off (~10-20 µs) costs more than it saves.
-  const int64_t work = T_ * H * H * std::min<int64_t>(B, kRowBlock);
-  if (nblocks == 1 || work < 200000) {  // inline: not even a one-thread parallel region
-    std::vector<T> scratch(scratch_elems(H));
-    fn(0, B, scratch.data());
-    return;
+// ---- running the own loops on serial / hidden / batch workers --------------------------------------------------
+struct AlignedBuf {
+  explicit AlignedBuf(int64_t bytes) : raw(new char[bytes + 64]) {
+    data = raw.get() + ((64 - reinterpret_cast<uintptr_t>(raw.get()) % 64) % 64);
   }
-  at::parallel_for(0, nblocks, 1, [&](int64_t s, int64_t e) {
-    std::vector<T> scratch(scratch_elems(H));
-    fn(s * kRowBlock, std::min(e * kRowBlock, B), scratch.data());
+  std::unique_ptr<char[]> raw;
+  char* data;
+};
+
+// Runs kern(work) over the workers of `path`; pack(p0, p1) packs panels [p0, p1) of W_hh where the workers do not
+// pack it themselves (the batch split: every worker reads all of it). Returns the number of workers that ran;
+// *took_over: whether one worker of a hidden split finished the call alone (see team_next).
+// Everything is allocated before any worker starts (a worker never throws, so no worker ever waits for one that
+// left).
+template <typename Pack, typename Kern>
+int run_workers(Path path, int64_t T_, int64_t B, int64_t H, int64_t npanels, int64_t max_rows, int64_t threads,
+                const Pack& pack, const Kern& kern, bool* took_over) {
+  *took_over = false;
+  const int64_t sbytes = (work_scratch_bytes(B) + 63) / 64 * 64;
+  if (path == Path::Serial) {
+    AlignedBuf scratch(sbytes);
+    kern(Work{0, B, 0, npanels, nullptr, 0, true, scratch.data});
+    return 1;
+  }
+  if (path == Path::Batch) {
+    // the rows split evenly (at least one register tile each); each worker runs all T steps with all of W_hh: no
+    // synchronisation at all.
+    const int64_t nw = std::min(threads, (B + max_rows - 1) / max_rows);
+    AlignedBuf scratch(sbytes * nw);
+    at::parallel_for(0, npanels, 1, [&](int64_t p0, int64_t p1) { pack(p0, p1); });
+    std::atomic<int> used{0};
+    at::parallel_for(0, nw, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        kern(Work{B * i / nw, B * (i + 1) / nw, 0, npanels, nullptr, 0, false, scratch.data + i * sbytes});
+      }
+      used.fetch_add(1, std::memory_order_relaxed);
+    });
+    return used.load();
+  }
+  // Hidden: the workers (counted at the gate) share the panels in rounds (Team); each packs its own panels in round
+  // 0, so its share of W_hh is first touched, and then kept, in its own core's cache.
+  const int64_t nreq = std::min(threads, npanels);
+  AlignedBuf scratch(sbytes * nreq);
+  Team team(npanels, nreq);
+  std::atomic<int> used{1};
+  // A start later than ~1/4 of the serial run time is not worth waiting for (~8 multiply-adds/ns), but waking a
+  // sleeping pool thread can take ~100 µs on a busy machine: 100 µs .. 5 ms. (Only a worker that never comes -- a
+  // pool shared with other callers -- makes a call wait the whole timeout.)
+  const int64_t est_ns = T_ * B * H * H / 8;
+  const int64_t timeout_ns = std::min<int64_t>(5000000, std::max<int64_t>(100000, est_ns / 4));
+  const bool late = test_fault().load() == 1;
+  if (test_fault().load() == 2) team.stall_worker = 1;
+  at::parallel_for(0, nreq, 1, [&](int64_t i0, int64_t i1) {
+    if (late && i1 == nreq && i0 > 0) {
+      // The test hook waits for the close itself, not a fixed time past the timeout: on a loaded machine the first
+      // worker can be descheduled for milliseconds before it closes the gate (a fixed 2 ms sleep let the "late"
+      // worker in at load ~27 on 2 cores, 2026-12-01). Bounded, so a pool that runs the chunks one after another in
+      // this order cannot hang here.
+      const auto t0 = std::chrono::steady_clock::now();
+      while (team.gate.nparts() == 0 &&
+             std::chrono::steady_clock::now() - t0 < std::chrono::nanoseconds(timeout_ns + 200000000))
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    int nparts = 1;
+    const int idx = team.gate.join(i1 - i0, nreq, timeout_ns, &nparts);
+    if (idx < 0) return;
+    const int64_t p0 = npanels * idx / nparts, p1 = npanels * (idx + 1) / nparts;
+    kern(Work{0, B, p0, p1, nparts > 1 ? &team : nullptr, idx, true, scratch.data + idx * sbytes});
+    if (idx == 0) used.store(nparts, std::memory_order_relaxed);
   });
+  *took_over = team.solo.load() >= 0;
+  return used.load();
+}
+
+void set_last_run(const KernelTable& K, Path path, int workers, bool took_over) {
+  t_last_run = std::string("isa=") + K.name + " path=" + path_name(path) + " threads=" + std::to_string(workers) +
+               (took_over ? " takeover=1" : "");
 }
 
 // ---- per-step BLAS path (large B) ------------------------------------------------------------------------------
@@ -239,6 +640,43 @@ void bwd_blas(const at::Tensor& dYc, const at::Tensor& dhc, const at::Tensor& Yc
 }
 
 // ---- forward ---------------------------------------------------------------------------------------------------
+template <typename T>
+int fwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& Pc, const at::Tensor& h0c,
+            const at::Tensor& Wc, const int64_t* lp, at::Tensor& Y, at::Tensor& h_n, bool reverse, int act, Round rm,
+            bool* took_over) {
+  const int64_t T_ = Pc.size(0), B = Pc.size(1), H = Pc.size(2);
+  const int64_t NW = std::is_same_v<T, float> ? K.panel_f32 : K.panel_f64;
+  const int64_t npanels = (H + NW - 1) / NW;
+  at::Tensor Wp = at::empty({npanels * H * NW}, Pc.options());  // 64-byte aligned (c10's CPU allocator)
+  T* wp = Wp.mutable_data_ptr<T>();
+  const T* w = Wc.const_data_ptr<T>();
+  FwdArgs<T> A{Pc.const_data_ptr<T>(), h0c.const_data_ptr<T>(), w, wp, lp, Y.mutable_data_ptr<T>(), T_, B, H,
+               reverse, act, rm};
+  auto pack = [&](int64_t p0, int64_t p1) {
+    if constexpr (std::is_same_v<T, float>) {
+      K.pack_f32(w, H, true, p0, p1, wp);
+    } else {
+      K.pack_f64(w, H, true, p0, p1, wp);
+    }
+  };
+  auto kern = [&](const Work& wk) {
+    if constexpr (std::is_same_v<T, float>) {
+      K.fwd_f32(A, wk);
+    } else {
+      K.fwd_f64(A, wk);
+    }
+  };
+  const int workers = run_workers(path, T_, B, H, npanels, K.max_rows, threads, pack, kern, took_over);
+  // h_n[b] = Y at row b's last step in order (every row has one: lengths >= 1)
+  const T* y = Y.const_data_ptr<T>();
+  T* hn = h_n.mutable_data_ptr<T>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t t = reverse ? 0 : (lp != nullptr ? lp[b] : T_) - 1;
+    std::memcpy(hn + b * H, y + (t * B + b) * H, H * sizeof(T));
+  }
+  return workers;
+}
+
 std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::Tensor& h0, const at::Tensor& w_hh,
                                                  const c10::optional<at::Tensor>& lengths, bool reverse,
                                                  c10::string_view nonlinearity_sv, c10::string_view tier_sv,
@@ -258,32 +696,66 @@ std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::
   const auto ct = compute_type(st);
   const at::Tensor Pc = P.to(ct).contiguous();
   const at::Tensor h0c = h0.to(ct).contiguous();
-  const at::Tensor Wt = w_hh.to(ct).t().contiguous();  // stored once per call: the matvec's inner loop is contiguous
+  const at::Tensor Wc = w_hh.to(ct).contiguous();
   at::Tensor Y = L.has_value() ? at::zeros({T_, B, H}, Pc.options()) : at::empty({T_, B, H}, Pc.options());
   at::Tensor h_n = at::empty({B, H}, Pc.options());
   const KernelTable& K = *active_kernels().load();
   const int64_t* lp = L.has_value() ? L->const_data_ptr<int64_t>() : nullptr;
   const Round rm = round_mode(st);
-  const bool blas = use_blas(B, H);
+  const int64_t threads = usable_threads();
+  const int64_t NW = ct == at::kFloat ? K.panel_f32 : K.panel_f64;
+  const Path path = choose_path(T_, B, H, threads, (H + NW - 1) / NW, K.max_rows);
 
-  if (blas && ct == at::kFloat) {
-    fwd_blas<float>(K, Pc, h0c, Wt, lp, Y, h_n, reverse, act, rm);
-  } else if (blas) {
-    fwd_blas<double>(K, Pc, h0c, Wt, lp, Y, h_n, reverse, act, rm);
+  int workers = 1;
+  bool took_over = false;
+  if (path == Path::Blas) {
+    const at::Tensor Wt = Wc.t().contiguous();
+    if (ct == at::kFloat) {
+      fwd_blas<float>(K, Pc, h0c, Wt, lp, Y, h_n, reverse, act, rm);
+    } else {
+      fwd_blas<double>(K, Pc, h0c, Wt, lp, Y, h_n, reverse, act, rm);
+    }
+    workers = static_cast<int>(threads);
   } else if (ct == at::kFloat) {
-    FwdArgs<float> A{Pc.const_data_ptr<float>(), h0c.const_data_ptr<float>(), Wt.const_data_ptr<float>(), lp,
-                     Y.mutable_data_ptr<float>(), h_n.mutable_data_ptr<float>(), T_, B, H, reverse, act, rm};
-    for_row_blocks<float>(T_, B, H, [&](int64_t b0, int64_t b1, float* s) { K.fwd_f32(A, b0, b1, s); });
+    workers = fwd_own<float>(K, path, threads, Pc, h0c, Wc, lp, Y, h_n, reverse, act, rm, &took_over);
   } else {
-    FwdArgs<double> A{Pc.const_data_ptr<double>(), h0c.const_data_ptr<double>(), Wt.const_data_ptr<double>(), lp,
-                      Y.mutable_data_ptr<double>(), h_n.mutable_data_ptr<double>(), T_, B, H, reverse, act, rm};
-    for_row_blocks<double>(T_, B, H, [&](int64_t b0, int64_t b1, double* s) { K.fwd_f64(A, b0, b1, s); });
+    workers = fwd_own<double>(K, path, threads, Pc, h0c, Wc, lp, Y, h_n, reverse, act, rm, &took_over);
   }
+  set_last_run(K, path, workers, took_over);
   if (ct != st) return {Y.to(st), h_n.to(st)};  // exact: every value was already rounded to st
   return {Y, h_n};
 }
 
 // ---- backward --------------------------------------------------------------------------------------------------
+template <typename T>
+int bwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& dYc, const at::Tensor& dhc,
+            const at::Tensor& Yc, const at::Tensor& Wc, const int64_t* lp, at::Tensor& dA, at::Tensor& dh0,
+            bool reverse, int act, bool* took_over) {
+  const int64_t T_ = Yc.size(0), B = Yc.size(1), H = Yc.size(2);
+  const int64_t NW = std::is_same_v<T, float> ? K.panel_f32 : K.panel_f64;
+  const int64_t npanels = (H + NW - 1) / NW;
+  at::Tensor Wp = at::empty({npanels * H * NW}, Yc.options());
+  T* wp = Wp.mutable_data_ptr<T>();
+  const T* w = Wc.const_data_ptr<T>();
+  BwdArgs<T> A{dYc.const_data_ptr<T>(), dhc.const_data_ptr<T>(), Yc.const_data_ptr<T>(), w, wp, lp,
+               dA.mutable_data_ptr<T>(), dh0.mutable_data_ptr<T>(), T_, B, H, reverse, act};
+  auto pack = [&](int64_t p0, int64_t p1) {
+    if constexpr (std::is_same_v<T, float>) {
+      K.pack_f32(w, H, false, p0, p1, wp);
+    } else {
+      K.pack_f64(w, H, false, p0, p1, wp);
+    }
+  };
+  auto kern = [&](const Work& wk) {
+    if constexpr (std::is_same_v<T, float>) {
+      K.bwd_f32(A, wk);
+    } else {
+      K.bwd_f64(A, wk);
+    }
+  };
+  return run_workers(path, T_, B, H, npanels, K.max_rows, threads, pack, kern, took_over);
+}
+
 std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at::Tensor& dh_n, const at::Tensor& Y,
                                                  const at::Tensor& w_hh, const c10::optional<at::Tensor>& lengths,
                                                  bool reverse, c10::string_view nonlinearity_sv,
@@ -303,32 +775,57 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
   const at::Tensor dYc = dY.to(ct).contiguous();
   const at::Tensor dhc = dh_n.to(ct).contiguous();
   const at::Tensor Yc = Y.to(ct).contiguous();
-  const at::Tensor W = w_hh.to(ct).contiguous();
+  const at::Tensor Wc = w_hh.to(ct).contiguous();
   // dA in the compute dtype (fp32 for fp16/bf16): the carried gradient uses the unrounded value, dA is rounded once
   // when converted to the storage dtype at the end -- the reference's order.
   at::Tensor dA = L.has_value() ? at::zeros({T_, B, H}, Yc.options()) : at::empty({T_, B, H}, Yc.options());
   at::Tensor dh0 = at::empty({B, H}, Yc.options());
   const KernelTable& K = *active_kernels().load();
   const int64_t* lp = L.has_value() ? L->const_data_ptr<int64_t>() : nullptr;
-  const bool blas = use_blas(B, H);
+  const int64_t threads = usable_threads();
+  const int64_t NW = ct == at::kFloat ? K.panel_f32 : K.panel_f64;
+  const Path path = choose_path(T_, B, H, threads, (H + NW - 1) / NW, K.max_rows);
 
-  if (blas && ct == at::kFloat) {
-    bwd_blas<float>(dYc, dhc, Yc, W, lp, dA, dh0, reverse, act);
-  } else if (blas) {
-    bwd_blas<double>(dYc, dhc, Yc, W, lp, dA, dh0, reverse, act);
+  int workers = 1;
+  bool took_over = false;
+  if (path == Path::Blas) {
+    if (ct == at::kFloat) {
+      bwd_blas<float>(dYc, dhc, Yc, Wc, lp, dA, dh0, reverse, act);
+    } else {
+      bwd_blas<double>(dYc, dhc, Yc, Wc, lp, dA, dh0, reverse, act);
+    }
+    workers = static_cast<int>(threads);
   } else if (ct == at::kFloat) {
-    BwdArgs<float> A{dYc.const_data_ptr<float>(), dhc.const_data_ptr<float>(), Yc.const_data_ptr<float>(),
-                     W.const_data_ptr<float>(), lp, dA.mutable_data_ptr<float>(), dh0.mutable_data_ptr<float>(),
-                     T_, B, H, reverse, act};
-    for_row_blocks<float>(T_, B, H, [&](int64_t b0, int64_t b1, float* s) { K.bwd_f32(A, b0, b1, s); });
+    workers = bwd_own<float>(K, path, threads, dYc, dhc, Yc, Wc, lp, dA, dh0, reverse, act, &took_over);
   } else {
-    BwdArgs<double> A{dYc.const_data_ptr<double>(), dhc.const_data_ptr<double>(), Yc.const_data_ptr<double>(),
-                      W.const_data_ptr<double>(), lp, dA.mutable_data_ptr<double>(), dh0.mutable_data_ptr<double>(),
-                      T_, B, H, reverse, act};
-    for_row_blocks<double>(T_, B, H, [&](int64_t b0, int64_t b1, double* s) { K.bwd_f64(A, b0, b1, s); });
+    workers = bwd_own<double>(K, path, threads, dYc, dhc, Yc, Wc, lp, dA, dh0, reverse, act, &took_over);
   }
+  set_last_run(K, path, workers, took_over);
   if (ct != st) return {dA.to(st), dh0.to(st)};
   return {dA, dh0};
+}
+
+// ---- test hook: a call nested inside another parallel region --------------------------------------------------
+// Runs elman_fwd and then elman_bwd `copies` times inside at::parallel_for (grain 1: one copy per chunk), the way an
+// op that parallelises over something else would call into this backend. Returns Y [copies, T, B, H],
+// dA [copies, T, B, H] and, per copy, what ran ("<fwd last run> | <bwd last run> | nested=<0|1>").
+std::tuple<at::Tensor, at::Tensor, std::vector<std::string>> cpu_nested_op(const at::Tensor& P, const at::Tensor& h0,
+                                                                            const at::Tensor& w_hh, int64_t copies) {
+  TORCH_CHECK(copies >= 1, "fused_rnn.cpu_nested: copies must be >= 1");
+  std::vector<at::Tensor> Ys(copies), dAs(copies);
+  std::vector<std::string> runs(copies);
+  at::parallel_for(0, copies, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const bool nested = at::in_parallel_region() || c10::ParallelGuard::is_enabled();
+      auto fw = elman_fwd_cpu(P, h0, w_hh, c10::nullopt, false, "tanh", "", false);
+      const std::string f = t_last_run;
+      auto bw = elman_bwd_cpu(P, h0, std::get<0>(fw), w_hh, c10::nullopt, false, "tanh", "", false);
+      Ys[i] = std::get<0>(fw);
+      dAs[i] = std::get<0>(bw);
+      runs[i] = f + " | " + t_last_run + " | nested=" + (nested ? "1" : "0");
+    }
+  });
+  return {at::stack(Ys), at::stack(dAs), runs};
 }
 
 }  // namespace
@@ -336,7 +833,9 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
 
 TORCH_LIBRARY_FRAGMENT(fused_rnn, m) {
   m.def("cpu_isa(str request='') -> str", &cpu::cpu_isa_op);
-  m.def("cpu_blas_min_batch(int n=-1) -> int", &cpu::cpu_blas_min_batch_op);
+  m.def("cpu_path(str request='') -> str", &cpu::cpu_path_op);
+  m.def("cpu_last_run() -> str", &cpu::cpu_last_run_op);
+  m.def("cpu_nested(Tensor P, Tensor h0, Tensor w_hh, int copies) -> (Tensor, Tensor, str[])", &cpu::cpu_nested_op);
 }
 
 TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {

@@ -1,13 +1,16 @@
 // The CPU recurrence kernels' interface: raw-pointer loops, no ATen, compiled once per instruction set
-// (elman_cpu_generic.cpp: baseline x86-64 / any CPU; elman_cpu_avx2.cpp: AVX2 + FMA) and picked at run time by
-// elman_cpu.cpp. Shapes: T time, B batch, H hidden; every array is contiguous, time-major.
+// (elman_cpu_generic.cpp: baseline x86-64 / any CPU; elman_cpu_avx2.cpp: AVX2 + FMA; elman_cpu_avx512.cpp: AVX-512
+// F/BW/VL/DQ) and picked at run time by elman_cpu.cpp. Shapes: T time, B batch, H hidden; every array is contiguous,
+// time-major.
 #pragma once
 
 #include <cstdint>
 
-// AVX2 kernels are built where GCC's target pragma can compile them; any other build keeps the generic ones only.
+// The AVX2 and AVX-512 kernels are built where GCC's target pragma can compile them; any other build keeps the
+// generic ones only.
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__) && !defined(__clang__)
 #define FUSED_RNN_CPU_AVX2 1
+#define FUSED_RNN_CPU_AVX512 1
 #endif
 
 namespace fused_rnn {
@@ -21,10 +24,10 @@ template <typename T>
 struct FwdArgs {
   const T* P;               // [T, B, H] pre-activations (both biases included)
   const T* h0;              // [B, H]
-  const T* Wt;              // [H, H] = w_hhᵀ (Wt[k][j] = w_hh[j][k]) so the inner loop over outputs j is contiguous
+  const T* W;               // [H, H] w_hh as given
+  T* Wp;                    // npanels·H·NW values: w_hhᵀ in panels (packed by the workers when Work::pack)
   const int64_t* lengths;   // [B], already validated to lie in [1, T]; nullptr = all T
   T* Y;                     // [T, B, H] out; must be zero-filled when lengths != nullptr (padded steps stay 0)
-  T* h_n;                   // [B, H] out
   int64_t T_, B, H;
   bool reverse;
   int act;                  // 0 tanh, 1 relu
@@ -36,35 +39,64 @@ struct BwdArgs {
   const T* dY;              // [T, B, H]
   const T* dh_n;            // [B, H]
   const T* Y;               // [T, B, H] the forward's output
-  const T* W;               // [H, H] = w_hh as given (carry[k] = Σ_j dA[j] w_hh[j][k])
+  const T* W;               // [H, H] w_hh as given
+  T* Wp;                    // npanels·H·NW values: w_hh in panels (packed by the workers when Work::pack)
   const int64_t* lengths;   // [B] in [1, T] or nullptr
   T* dA;                    // [T, B, H] out; must be zero-filled when lengths != nullptr
-  T* dh0;                   // [B, H] out
+  T* dh0;                   // [B, H] out; also the carried gradient during the loop
   int64_t T_, B, H;
   bool reverse;
   int act;
 };
 
-// One instruction set's kernels. Each runs batch rows [b0, b1) through all T steps (rows are independent, so
-// threads split the batch with no per-step synchronisation). `scratch` holds scratch_elems(H) elements.
+// The workers of one hidden-split call (defined in elman_cpu.cpp, compiled for the baseline ISA). The work is done
+// in rounds (packing, then one per step); a round is a set of panels (column blocks of the result) that every worker
+// needs complete before the next round. team_next hands this worker its next panels [*a, *b) of `round` (up to
+// `unit` of them): from its own range first (so its share of W_hh stays in its core's cache), then from the others'
+// leftovers; `finished` = how many panels it completed since its last call. Returns false once the whole round is
+// complete (all panels done by someone), or at once for the rest of the call when another worker has taken the
+// call over (this one was descheduled too long: it then only walks through the remaining steps, computing
+// nothing). Called a few times per step, out of line.
+struct Team;
+bool team_next(Team* team, int worker, int64_t round, int unit, int64_t finished, int64_t* a, int64_t* b);
+
+// One worker's share of a call: batch rows [b0, b1) for all T steps, and the panels [p0, p1) -- the result columns
+// [p0·NW, min(p1·NW, H)) -- it owns (alone: all it computes; in a team: where it starts, see team_next). pack: the
+// workers pack W into Wp themselves (round 0) rather than finding it packed. scratch: work_scratch_bytes(B) bytes,
+// 64-byte aligned.
+struct Work {
+  int64_t b0, b1, p0, p1;
+  Team* team;  // nullptr: no other worker needs this one's results during the loop (serial, or a batch split)
+  int worker;
+  bool pack;
+  void* scratch;
+};
+
+inline int64_t work_scratch_bytes(int64_t B) { return 24 * B + 4096; }
+
+// One instruction set's kernels.
 struct KernelTable {
   const char* name;
-  void (*fwd_f32)(const FwdArgs<float>&, int64_t b0, int64_t b1, float* scratch);
-  void (*fwd_f64)(const FwdArgs<double>&, int64_t b0, int64_t b1, double* scratch);
-  void (*bwd_f32)(const BwdArgs<float>&, int64_t b0, int64_t b1, float* scratch);
-  void (*bwd_f64)(const BwdArgs<double>&, int64_t b0, int64_t b1, double* scratch);
+  int64_t panel_f32, panel_f64;  // NW: panel width in values (4 vectors)
+  int max_rows;                  // batch rows per register tile
+  // Pack panels [p0, p1) of w_hh [H, H] (transposed for the forward) into out (npanels·H·NW values).
+  void (*pack_f32)(const float* W, int64_t H, bool transpose, int64_t p0, int64_t p1, float* out);
+  void (*pack_f64)(const double* W, int64_t H, bool transpose, int64_t p0, int64_t p1, double* out);
+  void (*fwd_f32)(const FwdArgs<float>&, const Work&);
+  void (*fwd_f64)(const FwdArgs<double>&, const Work&);
+  void (*bwd_f32)(const BwdArgs<float>&, const Work&);
+  void (*bwd_f64)(const BwdArgs<double>&, const Work&);
   // Pointwise activation on n contiguous values (used by the per-step BLAS path): act 0 tanh, 1 relu.
   void (*act_f32)(float* x, int64_t n, int act);
   void (*act_f64)(double* x, int64_t n, int act);
 };
 
-// Rows handled together by one register-blocked matvec tile (the W load is reused this many times).
-constexpr int64_t kRowBlock = 4;
-inline int64_t scratch_elems(int64_t H) { return 3 * kRowBlock * H; }
-
 const KernelTable& generic_kernels();
 #if defined(FUSED_RNN_CPU_AVX2)
 const KernelTable& avx2_kernels();
+#endif
+#if defined(FUSED_RNN_CPU_AVX512)
+const KernelTable& avx512_kernels();
 #endif
 
 }  // namespace cpu

@@ -1,9 +1,11 @@
-// The CPU recurrence kernels for AVX2 + FMA CPUs (32-byte vectors), compiled with a target pragma so the rest of the
-// extension stays baseline x86-64; elman_cpu.cpp calls these only when cpuid reports AVX2 and FMA.
-#include <algorithm>
+// The CPU recurrence kernels for AVX2 + FMA CPUs (32-byte vectors, 16 registers), compiled with a target pragma so
+// the rest of the extension stays baseline x86-64; elman_cpu.cpp calls these only when cpuid reports AVX2 and FMA.
+// The matvec uses explicit FMA; nothing else is contracted (elman_cpu_kernels.inc, "Numerics").
 #include <cmath>
 #include <cstdint>
-#include <cstring>
+#include <utility>
+
+#include <immintrin.h>  // the FMA intrinsics (target-attributed: usable in the pragma region below)
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -15,10 +17,12 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 
-// No FMA contraction (g++ contracts by default in C++ even in ISO mode): see elman_cpu_kernels.inc, "Numerics".
+// No FMA contraction by the compiler (g++ contracts by default in C++ even in ISO mode): elman_cpu_kernels.inc.
 #pragma GCC optimize("fp-contract=off")
 #define FUSED_RNN_ISA avx2
 #define FUSED_RNN_VBYTES 32
+#define FUSED_RNN_VREGS 16
+#define FUSED_RNN_FMA 1
 #include "elman_cpu_kernels.inc"
 
 #pragma GCC pop_options
@@ -26,8 +30,7 @@
 namespace fused_rnn {
 namespace cpu {
 const KernelTable& avx2_kernels() {
-  static const KernelTable table{"avx2", avx2::fwd_f32, avx2::fwd_f64, avx2::bwd_f32,
-                                 avx2::bwd_f64, avx2::act_f32, avx2::act_f64};
+  static const KernelTable table = avx2::make_table("avx2");
   return table;
 }
 }  // namespace cpu

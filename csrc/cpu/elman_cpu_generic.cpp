@@ -1,26 +1,25 @@
 // The CPU recurrence kernels for any x86-64 (or other) CPU: the baseline instruction set, 16-byte vectors.
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
+#include <utility>
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include "elman_cpu.h"
 
-
 // No FMA contraction (g++ contracts by default in C++ even in ISO mode): see elman_cpu_kernels.inc, "Numerics".
 #pragma GCC optimize("fp-contract=off")
 #define FUSED_RNN_ISA generic
 #define FUSED_RNN_VBYTES 16
+#define FUSED_RNN_VREGS 16
+#define FUSED_RNN_FMA 0
 #include "elman_cpu_kernels.inc"
 
 namespace fused_rnn {
 namespace cpu {
 const KernelTable& generic_kernels() {
-  static const KernelTable table{"generic", generic::fwd_f32, generic::fwd_f64, generic::bwd_f32,
-                                 generic::bwd_f64, generic::act_f32, generic::act_f64};
+  static const KernelTable table = generic::make_table("generic");
   return table;
 }
 }  // namespace cpu

@@ -1,10 +1,17 @@
 """The C++ CPU backend: ``fused_rnn::elman_fwd`` / ``elman_bwd`` registered for the CPU dispatch key (csrc/cpu/).
 
 fp32 and fp64 natively; fp16 and bf16 are upcast inside the op (same numerics contract as the reference).
-Inside the op (csrc/cpu/elman_cpu.cpp): our own register-blocked loops, each batch row run through all T steps
-with no per-step synchronisation (generic and AVX2+FMA builds, chosen by cpuid at run time), or, for B >= 32 and
-H >= 384, one BLAS GEMM per step. Test/benchmark hooks: ``torch.ops.fused_rnn.cpu_isa("generic" | "avx2" | "auto")``
-and ``torch.ops.fused_rnn.cpu_blas_min_batch(n)`` (n > 0 forces BLAS for B >= n, 0 restores the default).
+Inside the op (csrc/cpu/elman_cpu.cpp): our own loops over W_hh packed in panels, with one register-blocked kernel
+set per instruction set (generic, AVX2+FMA, AVX-512; chosen by cpuid at run time, capped by torch's
+ATEN_CPU_CAPABILITY), run serially, with the hidden dimension split across torch's intra-op threads (each thread
+owns a block of W_hh's columns for the whole sequence), or with the batch split across them -- chosen from B, H, T and
+the thread count, serially when nested inside another parallel region. All three give bitwise the same results for
+every ISA and thread count. A per-step BLAS path exists for benchmarks (MKL's summation order, not bitwise equal).
+
+Test/benchmark hooks (torch.ops.fused_rnn.*): ``cpu_isa("" | "auto" | "generic" | "avx2" | "avx512")`` reads or
+forces the instruction set; ``cpu_path("" | "auto" | "serial" | "hidden" | "batch" | "blas")`` reads or forces the
+path; ``cpu_last_run()`` says what the last call on this thread ran ("isa=avx512 path=hidden threads=2");
+``cpu_nested(P, h0, w_hh, copies)`` runs the ops inside at::parallel_for (the nesting test).
 """
 
 from __future__ import annotations
