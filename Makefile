@@ -27,8 +27,9 @@ lint:
 	@PY=$$(scripts/setup_env.sh) && ($$PY -m ruff --version >/dev/null 2>&1 || $$PY -m pip install -q ruff) && $$PY -m ruff check .
 
 # The staged script a lent GPU runs (docs/design.md), in four parts that each fit one device call (<= 540 s of stage
-# budgets): 1 and 2 re-verify the proven tiers, 3 runs what has not yet run on a GPU, 4 benches every provider side by
-# side. Reports under $$OUT (or gpu-report/): report-N.md, logs-N.txt, bench-N.*. `make gpu-check` runs all four.
+# budgets): 1 and 2 re-verify the proven tiers, 3 runs what has not yet run on a GPU (the forced-only cluster2 tier
+# as its last stage), 4 benches every provider side by side (then times cluster2 against cluster). Reports under
+# $$OUT (or gpu-report/): report-N.md, logs-N.txt, bench-N.*. `make gpu-check` runs all four.
 gpu-check:
 	@GPU_CHECK_PART=all bash scripts/gpu_check.sh
 gpu-check-1 gpu-check-2 gpu-check-3 gpu-check-4:

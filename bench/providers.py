@@ -12,7 +12,8 @@
   cpu | cuda | triton  every other backend in fused_rnn.available_backends(), through the public module. Backends
                        with tiers (cuda, triton) appear once per tier, forced through FUSED_RNN_CUDA_TIER /
                        FUSED_RNN_TRITON_TIER (select.py reads them per call); the tier the backend's own heuristic
-                       would pick for the case is marked in the report.
+                       would pick for the case is marked in the report. On a GPU only the tiers on the GPU-verified
+                       list for it, unless named (``--backends cuda:batch_tiled``).
   compile(reference)   torch.compile of the reference module, only for cases with ``compile=True`` (short T: the
                        Python loop is unrolled, compile time grows with T); compile time is reported apart.
   flashrnn             NX-AI FlashRNN's Elman kernel, only with --with-flashrnn and when ``import flashrnn`` works.
@@ -182,11 +183,26 @@ def _backend_tiers(name: str, mod) -> tuple[list[str], list[str]]:
     return tiers, notes
 
 
+def _verified_here(backend: str, tier: str, device: torch.device) -> bool:
+    """Whether ``backend:tier`` is on the GPU-verified list for ``device``'s compute capability (the tier alone when
+    the capability cannot be read)."""
+    from fused_rnn.backends import verified
+
+    try:
+        cap = torch.cuda.get_device_capability(device)
+    except (RuntimeError, AssertionError):  # no usable device (the CPU tests' stand-in for one)
+        cap = None
+    return verified.is_verified(backend, tier, cap)
+
+
 def discover(device: torch.device, wanted: list[str] | None, with_flashrnn: bool) -> tuple[list[Provider], list[str]]:
     """Every provider usable on ``device`` (filtered by ``wanted`` names), and notes on what was skipped and why.
 
     ``wanted`` holds names like "native", "cuda", "cuda:fallback", "reference", "compile", "flashrnn"; nn.RNN (every
     speedup is relative to it) and auto (what users get: an auto row in every table) are always kept. None = all.
+    On a CUDA device a tier that is not on the GPU-verified list for it (fused_rnn.backends.verified, read from
+    csrc/cuda/gpu_verified.h) is timed only when named as ``backend:tier``: a new kernel that traps or hangs then
+    cannot take the verified providers' table down with it (make gpu-check names the ones it means to time).
     """
     import fused_rnn
     from fused_rnn.backends.select import backend_module
@@ -205,6 +221,7 @@ def discover(device: torch.device, wanted: list[str] | None, with_flashrnn: bool
     if keep("reference"):
         providers.append(Provider("reference", "reference", backend="reference"))
     available = set(fused_rnn.available_backends())
+    skipped_unverified: list[str] = []
     for name in FUSED_BACKENDS:
         if wanted is not None and name not in wanted and not any(w.startswith(name + ":") for w in wanted):
             continue
@@ -227,10 +244,18 @@ def discover(device: torch.device, wanted: list[str] | None, with_flashrnn: bool
         notes += tier_notes
         for tier in tiers:
             pname = f"{name}:{tier}" if tier else name
+            if device.type == "cuda" and tier and not _verified_here(name, tier, device) and (
+                    wanted is None or pname not in wanted):
+                if keep(pname, name):
+                    skipped_unverified.append(pname)
+                continue
             if keep(pname, name):
                 providers.append(Provider(pname, "fused", backend=name, tier=tier))
             if device.type == "cuda" and name in TIER_ENV and keep(pname + "+streams", name):
                 providers.append(Provider(pname + "+streams", "fused", backend=name, tier=tier, streams=True))
+    if skipped_unverified:
+        notes.append(f"{', '.join(skipped_unverified)}: skipped, not on the GPU-verified list for this device "
+                     "(csrc/cuda/gpu_verified.h); name a tier in --backends (e.g. cuda:batch_tiled) to time it")
     if keep("compile"):
         providers.append(Provider("compile(reference)", "compile", backend="reference"))
     if with_flashrnn:

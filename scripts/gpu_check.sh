@@ -8,14 +8,24 @@
 #                              tiers 45 | gpu_quick tests of verified tiers 135                          = 510 s
 #   part 2  proven tiers       build (reuse) 240 | compute-sanitizer on the verified tiers 180 | bench of the
 #                              verified tiers beside nn.RNN 110                                          = 530 s
-#   part 3  not yet proven     build (reuse) 240 | tier report, unverified tiers and new code 45 | their gpu_quick
-#                              tests 100 | compute-sanitizer on them 150                                 = 535 s
-#   part 4  side by side       build (reuse) 240 | bench of every provider, one table 200                = 440 s
+#   part 3  not yet proven     build (reuse) 120 | tier report, unverified tiers and new code 45 | their gpu_quick
+#                              tests 100 | compute-sanitizer on them 150 | cluster2 (forced only), last: its
+#                              harness's checks, its op tests and tier report, compute-sanitizer on the
+#                              harness's tiny case 125                                                  = 540 s
+#   part 4  side by side       build (reuse) 240 | bench of every provider, one table 200 | cluster2 timing
+#                              against cluster (its harness) 100                                        = 540 s
+#   (part 3's build budget went from 240 to 120 for the cluster2 stage: part 1 builds and the later parts reuse or
+#   carry its build; a fresh build with MAX_JOBS=16 took 33 s on the H200 on 2026-11-27, and the two cluster2 files
+#   it has since gained compile in parallel with the rest (~50 s each on one core of the 2-core CPU machine), so
+#   120 s still covers a rebuild. The cluster2 stage: harness build ~30 s on 16 cores (58 s on 2 shared ones),
+#   checks <= 30 s, op tests + tier report ~35 s, three sanitizer tools on a tiny case ~30 s.)
 #
 # "Verified" follows the GPU-verified list (csrc/cuda/gpu_verified.h): a tier on it runs in parts 1-2; tiers not on
 # it (cuda batch_tiled, every Triton tier, new tiers), new code inside listed tiers (fallback's fp16/bf16 GEMM, the
 # cluster plan; tests marked gpu_unverified) and the files in GPU_CHECK_UNVERIFIED_FILES (two-stream directions) run
-# in part 3, so a failure in new code cannot use up the run that re-verifies the proven tiers. Every tier line says
+# in part 3, so a failure in new code cannot use up the run that re-verifies the proven tiers. A new tier with a stage
+# of its own (scripts/sanitize_cases.py OWN_PART: cuda cluster2, issue #22) is in no other stage, and its stages come
+# last in parts 3 and 4: a watchdog trap or a hang there cannot use up the rest of part 3 either. Every tier line says
 # which tier RAN (fused_rnn.backends.tier_log): a tier that fell back fails its line.
 #
 #   GPU_CHECK_PART=1|2|3|4|all   which part (default all: 1 2 3 4 in sequence, for a machine with no call limit)
@@ -24,7 +34,8 @@
 #   PYTHON=...                   the interpreter (default python3). Dry run on a CPU machine: PYTHON=.venv/bin/python
 #                                FUSED_RNN_CUDA_ARCHS=9.0a BENCH_ARGS="--preset tiny" GPU_CHECK_PART=all (GPU stages
 #                                then skip or say "no CUDA device"; every part ran so on 2026-12-01 in ~4 min)
-# Files written to $OUT per part N: report-N.md, logs-N.txt; parts 2 and 4 also bench-N.{md,json,png}.
+# Files written to $OUT per part N: report-N.md, logs-N.txt; parts 2 and 4 also bench-N.{md,json,png}; part 3 also
+# cluster2_harness.txt, part 4 cluster2_timing.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-report}
@@ -148,10 +159,17 @@ s_sanitizer() {
   return $rc
 }
 
-# bench WHICH BUDGET: python -m bench --preset gpu over the verified providers (part 2) or every provider (part 4).
+# bench WHICH BUDGET: python -m bench --preset gpu over the verified providers (part 2) or every provider (part 4:
+# the bench times a tier off the verified list only when named, so part 4 names the unverified set of part 3 --
+# not the own-stage tiers: cluster2 is timed against `cluster` by its harness in stage 4.3).
 s_bench() {
   local which=$1 budget=$2 d names=""; d=$(mktemp -d)
-  if [ "$which" = verified ]; then
+  if [ "$which" = all ]; then
+    names="nn.RNN auto native reference compile cpu cuda triton $($PY scripts/sanitize_cases.py --names \
+      --set verified,unverified --dtypes float32,bfloat16,float16)" || return 1
+    echo "providers: $names"
+    names="--backends $names"
+  elif [ "$which" = verified ]; then
     names=$($PY - <<'PY'
 from bench.providers import EXTRA_NAMES
 from fused_rnn.backends import verified
@@ -174,7 +192,11 @@ PY
   return $rc
 }
 
-export -f s_versions src_hash s_build s_cpu_tests s_gpu_quick s_tier_report s_sanitizer s_bench
+# cluster2 STEP BUDGET: one step of the forced-only tier's own stages (csrc/cuda/harness/cluster2_device.sh: check,
+# timing), sized to the stage budget it is given.
+s_cluster2() { C2_STAGE_S=$2 OUT="$OUT" PY="$PY" bash csrc/cuda/harness/cluster2_device.sh "$1"; }
+
+export -f s_versions src_hash s_build s_cpu_tests s_gpu_quick s_tier_report s_sanitizer s_bench s_cluster2
 export PY OUT STAMP UNVERIFIED_FILES
 
 overall=0
@@ -202,17 +224,21 @@ for PART in $PARTS; do
       TAIL_LINES=80 stage 2.3 "bench --preset gpu: verified tiers beside nn.RNN" 110 s_bench verified 110 || fail=1
       ;;
     3)
-      stage 3.1 "build (reused from part 1 when the source hash matches)" 240 s_build \
+      stage 3.1 "build (reused from part 1 when the source hash matches)" 120 s_build \
         || { echo "build failed: later stages skipped" >> "$R"; overall=1; continue; }
       TAIL_LINES=60 stage 3.2 "tier report: tiers and code not yet run on a GPU" 45 s_tier_report unverified || fail=1
       TAIL_LINES=60 stage 3.3 "gpu_quick tests of tiers and code not yet run on a GPU" 100 s_gpu_quick unverified \
         || fail=1
       TAIL_LINES=60 stage 3.4 "compute-sanitizer: unverified tiers" 150 s_sanitizer unverified 36 || fail=1
+      TAIL_LINES=70 stage 3.5 "cluster2 (forced only, not yet run on a GPU): harness checks, op tests and tier \
+report (each: the tier that ran), compute-sanitizer" 125 s_cluster2 check 125 || fail=1
       ;;
     4)
       stage 4.1 "build (reused from part 1 when the source hash matches)" 240 s_build \
         || { echo "build failed: later stages skipped" >> "$R"; overall=1; continue; }
       TAIL_LINES=100 stage 4.2 "bench --preset gpu: every provider side by side" 200 s_bench all 200 || fail=1
+      TAIL_LINES=30 stage 4.3 "cluster2 (forced only): kernel time per step against cluster, interleaved" 100 \
+        s_cluster2 timing 100 || fail=1
       ;;
     *) echo "unknown part $PART (1, 2, 3, 4 or all)" >&2; exit 2 ;;
   esac

@@ -1,7 +1,8 @@
 """One tiny forward+backward per GPU backend/tier/dtype: the per-tier report of `make gpu-check`, and the workload
 compute-sanitizer (memcheck, racecheck, synccheck, initcheck) runs.
 
-    python3 scripts/sanitize_cases.py [--set verified|unverified|all] [--dtypes float32,bfloat16] [--report]
+    python3 scripts/sanitize_cases.py [--set verified|unverified|own|all] [--tiers cuda:cluster2,...]
+                                      [--dtypes float32,bfloat16,tf32] [--report] [--names]
     compute-sanitizer --tool memcheck python3 scripts/sanitize_cases.py --set verified
 
 Every case uses lengths, reverse and a non-zero h0, so masking and the predecessor-state paths run too. Each case
@@ -11,8 +12,14 @@ the reference backend (a non-finite or large error fails too). One report line p
 
 Sets: `verified` = the tiers on the GPU-verified list (csrc/cuda/gpu_verified.h) minus new code inside them (the
 16-bit GEMM of cuda `fallback`'s fp16/bf16 forward); `unverified` = everything else (batch_tiled, Triton, any tier a
-later change adds, that new code). `make gpu-check` runs the unverified set in its last part, so a failure there
-cannot use up the run that re-verifies the proven tiers.
+later change adds, that new code) except `own` = the tiers in OWN_PART, which `make gpu-check` runs in a stage of
+their own (cluster2: stage 3.5, the last of part 3); `all` = the three. A comma list unites sets (`--set
+verified,unverified`); `--tiers` picks tiers by name instead, whatever their set. `make gpu-check` runs the
+unverified set in part 3, so a failure there cannot use up the run that re-verifies the proven tiers, and the
+own-stage tiers after it, so a trap or hang in a new tier cannot use up the rest of part 3's run either. `--names`
+prints the set's `backend:tier` names (one line) and runs nothing: part 4 names them to the bench, which times
+unverified tiers only when named.
+The dtype `tf32` is fp32 storage with allow_tf32=True (cluster2 runs fp32 only so).
 """
 
 from __future__ import annotations
@@ -31,7 +38,13 @@ from fused_rnn.recurrence import recurrence  # noqa: E402
 
 # (T, B, H) per tier where the default (5, 3, 40) would not run the tier itself.
 SHAPES: dict[tuple[str, str], tuple[int, int, int]] = {}
-DEFAULT_SHAPE = (5, 3, 40)  # cluster: 10 CTAs of 4 units; persistent: 10 CTAs; triton cooperative: 3 hidden tiles
+DEFAULT_SHAPE = (5, 3, 40)  # cluster: 10 CTAs of 4 units; persistent: 10 CTAs; triton cooperative: 3 hidden tiles;
+#                             cluster2: 3 CTAs of 16 units, BT 8
+# Tiers not yet run on a GPU that make gpu-check runs in a stage of their own (scripts/gpu_check.sh stage 3.5,
+# csrc/cuda/harness/cluster2_device.sh), so they are not in the `unverified` set of part 3.
+OWN_PART: frozenset[tuple[str, str]] = frozenset({("cuda", "cluster2")})
+SETS = ("verified", "unverified", "own", "all")
+TF32 = "tf32"  # a --dtypes entry: fp32 storage with allow_tf32=True
 
 
 def new_code(backend: str, tier: str, dtype: torch.dtype) -> bool:
@@ -39,8 +52,21 @@ def new_code(backend: str, tier: str, dtype: torch.dtype) -> bool:
     return backend == "cuda" and tier == "fallback" and dtype in (torch.float16, torch.bfloat16)
 
 
-def cases(which: str, dtypes: list[torch.dtype]) -> list[tuple[str, str, torch.dtype]]:
-    out: list[tuple[str, str, torch.dtype]] = []
+def set_of(backend: str, tier: str, dtype: torch.dtype | str, cap: tuple[int, int] | None) -> str:
+    """"verified", "unverified" or "own" for one case (see the module docstring)."""
+    if (backend, tier) in OWN_PART:
+        return "own"
+    dt = torch.float32 if isinstance(dtype, str) else dtype  # tf32: fp32 storage
+    proven = verified.is_verified(backend, tier, cap) and not new_code(backend, tier, dt)
+    return "verified" if proven else "unverified"
+
+
+def cases(which: str, dtypes: list[torch.dtype | str], only: str = "") -> list[tuple[str, str, torch.dtype | str]]:
+    """(backend, tier, dtype) cases of the sets in `which` ("verified,unverified", "all", ...), or of the tiers named
+    in `only` ("cuda:cluster2,triton:resident"), whatever their set."""
+    out: list[tuple[str, str, torch.dtype | str]] = []
+    wanted_sets = set(SETS[:3]) if which == "all" else set(which.split(","))
+    named = {tuple(x.split(":", 1)) for x in only.split(",") if x}
     avail = fused_rnn.available_backends()
     tiers: list[tuple[str, str]] = []
     if "cuda" in avail:
@@ -49,18 +75,22 @@ def cases(which: str, dtypes: list[torch.dtype]) -> list[tuple[str, str, torch.d
         from fused_rnn.backends import triton as tb
 
         tiers += [("triton", t) for t in tb.TIERS if t]
+    missing = named - set(tiers)
+    if missing:
+        raise SystemExit(f"--tiers: not built or unknown here: {sorted(':'.join(m) for m in missing)}")
     cap = tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
     for backend, tier in tiers:
         for dt in dtypes:
-            proven = verified.is_verified(backend, tier, cap) and not new_code(backend, tier, dt)
-            if which == "all" or (which == "verified") == proven:
+            if ((backend, tier) in named) if named else (set_of(backend, tier, dt, cap) in wanted_sets):
                 out.append((backend, tier, dt))
     return out
 
 
-def run_one(backend: str, tier: str, dtype: torch.dtype) -> tuple[float, set[str], list[tier_log.TierRun]]:
+def run_one(backend: str, tier: str, dtype: torch.dtype | str) -> tuple[float, set[str], list[tier_log.TierRun]]:
     """Max |error| vs the reference over forward outputs and every gradient, the tiers that ran, the record."""
     T, B, H = SHAPES.get((backend, tier), DEFAULT_SHAPE)
+    tf32 = dtype == TF32
+    dtype = torch.float32 if tf32 else dtype
     g = torch.Generator(device="cpu").manual_seed(0)
     dev = "cuda"
     P = (torch.randn(T, B, H, generator=g) * 0.5).to(dev, dtype)
@@ -74,7 +104,7 @@ def run_one(backend: str, tier: str, dtype: torch.dtype) -> tuple[float, set[str
         for be, tr in ((backend, tier), ("reference", "")):
             Pr, hr, wr = (t.detach().clone().requires_grad_(True) for t in (P, h0, w))
             with tier_log.record() as rec:
-                Y, hn = recurrence(Pr, hr, wr, lengths, reverse, "tanh", be, tr, False)
+                Y, hn = recurrence(Pr, hr, wr, lengths, reverse, "tanh", be, tr, tf32 and be == backend)
                 (Y.float().square().sum() + hn.float().sum()).backward()
                 torch.cuda.synchronize()
             if be == backend:
@@ -87,15 +117,23 @@ def run_one(backend: str, tier: str, dtype: torch.dtype) -> tuple[float, set[str
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--set", default="all", choices=("verified", "unverified", "all"))
-    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--set", default="all", help=f"one of {SETS} or a comma list of them")
+    ap.add_argument("--tiers", default="", help="backend:tier,... to run instead of a set (e.g. cuda:cluster2)")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="torch dtype names, and tf32 (fp32 + allow_tf32)")
     ap.add_argument("--report", action="store_true", help="a markdown table, one line per backend/tier/dtype")
+    ap.add_argument("--names", action="store_true", help="print the set's backend:tier names and run nothing")
     args = ap.parse_args()
+    bad_sets = set(args.set.split(",")) - set(SETS)
+    if bad_sets:
+        ap.error(f"--set: unknown {sorted(bad_sets)}; choose from {SETS}")
+    dtypes: list[torch.dtype | str] = [TF32 if n == TF32 else getattr(torch, n) for n in args.dtypes.split(",")]
+    if args.names:
+        print(" ".join(dict.fromkeys(f"{b}:{t}" for b, t, _ in cases(args.set, dtypes, args.tiers))))
+        return 0
     if not torch.cuda.is_available():
         print("no CUDA device")
         return 0
-    dtypes = [getattr(torch, n) for n in args.dtypes.split(",")]
-    todo = cases(args.set, dtypes)
+    todo = cases(args.set, dtypes, args.tiers)
     if not todo:
         print(f"no GPU backend/tier in the {args.set!r} set")
         return 0
@@ -106,7 +144,7 @@ def main() -> int:
         name = str(dtype).removeprefix("torch.")
         try:
             err, ran, runs = run_one(backend, tier, dtype)
-            ok_err = err == err and err < (1e-3 if dtype == torch.float32 else 5e-2)
+            ok_err = err == err and err < (1e-3 if dtype == torch.float32 else 5e-2)  # tf32: fp16's mantissa
             ok_tier = ran == {tier}
             verdict = "PASS" if ok_err and ok_tier else ("FELL BACK" if not ok_tier else "LARGE ERROR")
             why = "; ".join(sorted({r.why for r in runs if r.why}))

@@ -354,6 +354,33 @@ def test_tiers_are_forced_one_by_one_and_the_heuristic_pick_is_marked(monkeypatc
     assert os.environ["FUSED_RNN_CUDA_TIER"] == "t_one"
 
 
+def test_unverified_tiers_are_timed_on_a_gpu_only_when_named(monkeypatch):
+    """On a CUDA device a tier off the GPU-verified list (csrc/cuda/gpu_verified.h) is skipped with a note unless
+    named as backend:tier -- naming the backend is not enough; a listed tier comes with the backend's name. On the
+    CPU nothing changes."""
+    from fused_rnn.backends import select, verified
+
+    fake = _fake_tiered_backend([])
+    fake.supports_device = lambda device: True
+    real_module = select._module
+    monkeypatch.setattr(select, "_module", lambda name: fake if name == "cuda" else real_module(name))
+    monkeypatch.setattr(verified, "GPU_VERIFIED", {"cuda": ("t_two",), "triton": ()})
+    names = lambda provs: [p.name for p in provs if p.backend == "cuda"]
+
+    provs, notes = discover(torch.device("cuda"), ["cuda"], with_flashrnn=False)
+    assert names(provs) == ["cuda:t_two", "cuda:t_two+streams"]
+    assert any("cuda:t_one" in n and "GPU-verified" in n for n in notes), notes
+    provs, notes = discover(torch.device("cuda"), None, with_flashrnn=False)
+    assert names(provs) == ["cuda:t_two", "cuda:t_two+streams"]
+    provs, notes = discover(torch.device("cuda"), ["cuda", "cuda:t_one"], with_flashrnn=False)
+    assert names(provs) == ["cuda:t_one", "cuda:t_one+streams", "cuda:t_two", "cuda:t_two+streams"]
+    assert not any("GPU-verified" in n for n in notes)
+    provs, notes = discover(torch.device("cuda"), ["cuda:t_two"], with_flashrnn=False)  # t_one not asked for: no note
+    assert names(provs) == ["cuda:t_two"] and not any("GPU-verified" in n for n in notes)
+    provs, _ = discover(torch.device("cpu"), ["cuda"], with_flashrnn=False)
+    assert names(provs) == ["cuda:t_one", "cuda:t_two"]
+
+
 def test_streams_twins_only_on_cuda_and_only_for_bidirectional_cases(monkeypatch):
     """A `<tier>+streams` twin per tier on a CUDA device (none on the CPU); it runs only bidirectional cases, with
     FUSED_RNN_CONCURRENT_DIRECTIONS=1, and every other provider runs with it 0; the caller's value is restored."""
@@ -364,7 +391,8 @@ def test_streams_twins_only_on_cuda_and_only_for_bidirectional_cases(monkeypatch
     monkeypatch.setattr(select, "_module", lambda name: fake if name == "cuda" else real_module(name))
     monkeypatch.setenv("FUSED_RNN_CONCURRENT_DIRECTIONS", "auto")
     fake.supports_device = lambda device: True  # pretend the fake tiers run on a CUDA device
-    provs, _ = discover(torch.device("cuda"), ["cuda"], with_flashrnn=False)
+    # on a GPU, tiers off the verified list are timed only when named (the fake ones are on no list)
+    provs, _ = discover(torch.device("cuda"), ["cuda", "cuda:t_one", "cuda:t_two"], with_flashrnn=False)
     assert [p.name for p in provs] == ["nn.RNN", "auto", "cuda:t_one", "cuda:t_one+streams", "cuda:t_two",
                                        "cuda:t_two+streams"]
     cpu_provs, _ = discover(torch.device("cpu"), ["cuda"], with_flashrnn=False)

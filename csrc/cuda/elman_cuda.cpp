@@ -2,8 +2,9 @@
 //
 // Host code only (built by the host compiler, so it may use ATen freely): input checks, the device guard and
 // current stream, the tier dispatch, the tier record (dispatch_log.h), and the `fallback` tier's per-step cuBLAS
-// GEMMs. The kernels live in elman_kernels.cuh (batch_tiled, fallback pointwise) and persistent*.cu (persistent,
-// cluster). Also the debug ops that show the dispatch decisions on a machine without a GPU (registered below).
+// GEMMs. The kernels live in elman_kernels.cuh (batch_tiled, fallback pointwise), persistent*.cu (persistent,
+// cluster) and cluster2*.cu (cluster2, forced only). Also the debug ops that show the dispatch decisions on a
+// machine without a GPU (registered below).
 // Shapes: T time, B batch, H hidden.
 #include <climits>
 #include <optional>
@@ -19,6 +20,7 @@
 #include <torch/library.h>
 
 #include "arch.h"
+#include "cluster2.h"
 #include "cluster_plan.h"
 #include "dispatch_log.h"
 #include "elman_launch.h"
@@ -28,21 +30,26 @@
 
 namespace fused_rnn {
 
-std::vector<std::string> cuda_tier_names() { return {"batch_tiled", "persistent", "cluster", "fallback"}; }
+// cluster2 is forced only (never the empty tier's choice, never on the GPU-verified list before a GPU report).
+std::vector<std::string> cuda_tier_names() {
+  return {"batch_tiled", "persistent", "cluster", "cluster2", "fallback"};
+}
 
 namespace cuda {
 namespace {
 
-enum class Tier { Auto, BatchTiled, Persistent, Cluster, Fallback };
+enum class Tier { Auto, BatchTiled, Persistent, Cluster, Cluster2, Fallback };
 
 Tier parse_tier(const std::string& s) {
   if (s.empty()) return Tier::Auto;
   if (s == "batch_tiled") return Tier::BatchTiled;
   if (s == "persistent") return Tier::Persistent;
   if (s == "cluster") return Tier::Cluster;
+  if (s == "cluster2") return Tier::Cluster2;  // forced only: csrc/cuda/NOTES_cluster2.md
   if (s == "fallback") return Tier::Fallback;
   TORCH_CHECK(false, "fused_rnn (cuda): unknown tier '", s,
-              "'; choose one of '' (the GPU-verified choice), 'batch_tiled', 'persistent', 'cluster', 'fallback'");
+              "'; choose one of '' (the GPU-verified choice), 'batch_tiled', 'persistent', 'cluster', 'cluster2', ",
+              "'fallback'");
   return Tier::Fallback;  // unreachable
 }
 
@@ -54,6 +61,8 @@ const char* tier_name(Tier t) {
       return "persistent";
     case Tier::Cluster:
       return "cluster";
+    case Tier::Cluster2:
+      return "cluster2";
     case Tier::Fallback:
       return "fallback";
     default:
@@ -269,7 +278,9 @@ std::tuple<at::Tensor, at::Tensor> elman_fwd_cuda(const at::Tensor& P_in, const 
   const auto cc = device_cc(P);
   const Tier want = resolve_tier(tr, H, cc.first, cc.second, gpu_verified_entries(), &why);
   bool done = false;
-  if (want == Tier::Persistent || want == Tier::Cluster) {
+  if (want == Tier::Cluster2) {
+    done = elman_fwd_cluster2(p, P.scalar_type(), stream);
+  } else if (want == Tier::Persistent || want == Tier::Cluster) {
     done = elman_fwd_persistent(p, P.scalar_type(), want == Tier::Cluster, stream);
   } else if (want == Tier::BatchTiled) {
     done = FUSED_RNN_DTYPE_SWITCH(dt, batch_tiled_fwd, p, stream);
@@ -327,7 +338,9 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cuda(const at::Tensor& dY_in, const
   const auto cc = device_cc(Y);
   const Tier want = resolve_tier(tr, H, cc.first, cc.second, gpu_verified_entries(), &why);
   bool done = false;
-  if (want == Tier::Persistent || want == Tier::Cluster) {
+  if (want == Tier::Cluster2) {
+    done = elman_bwd_cluster2(p, st, stream);
+  } else if (want == Tier::Persistent || want == Tier::Cluster) {
     done = elman_bwd_persistent(p, st, want == Tier::Cluster, stream);
   } else if (want == Tier::BatchTiled) {
     done = FUSED_RNN_DTYPE_SWITCH(dt, batch_tiled_bwd, p, stream);

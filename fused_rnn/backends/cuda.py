@@ -4,6 +4,8 @@ Tiers (docs/design.md, csrc/cuda/NOTES.md):
   batch_tiled  one CTA per batch tile holds all of w_hh in shared memory for the whole sequence (small H)
   persistent   hidden units split across a cooperative grid, one grid barrier per step (medium/large H)
   cluster      hidden units split across a Hopper thread-block cluster, h_t exchanged through DSMEM
+  cluster2     the cluster tier on tensor cores (mma.sync; fp16/bf16, fp32 only as TF32 under allow_tf32) with a
+               DSMEM bulk-copy exchange; forced only, not yet run on a GPU (csrc/cuda/NOTES_cluster2.md)
   fallback     any H, any B, any GPU: per step one cuBLAS GEMM (w_hh streamed from L2; fp16/bf16 forward as a 16-bit
                GEMM with fp32 accumulation and output) + one pointwise kernel
 The C++ launcher falls back to ``fallback`` when a forced tier cannot run for this shape (shared memory,
@@ -21,7 +23,7 @@ from torch import Tensor
 from .. import _ext
 
 NAME = "cuda"
-TIERS: tuple[str, ...] = ("batch_tiled", "persistent", "cluster", "fallback")
+TIERS: tuple[str, ...] = ("batch_tiled", "persistent", "cluster", "cluster2", "fallback")
 
 
 def available() -> tuple[bool, str]:
