@@ -212,7 +212,8 @@ def explain_call(rnn, device: torch.device, dtype: torch.dtype, input_dtype: tor
         return d
 
     d = select.choose_path(rnn.backend, device, dtype, B, H, L, directions, training,
-                           (not compiled) and _diag._ACTIVE is not None, tune=peek, record=False, traced=compiled)
+                           (not compiled) and _diag._ACTIVE is not None, tune=peek, record=False, traced=compiled,
+                           T=T)
     state = box.get("state") or _not_applicable(d)
     if d.native:
         layers = tuple(LayerPath(i, dr, "native", "") for i in range(L) for dr in _dirs(directions))

@@ -253,9 +253,10 @@ class RNN(nn.RNNBase):
         if tune and _autotune.enabled():
             def tuner(static):
                 return _autotune.tuned(self, call, amp_dtype, dtype, training, static)
+        T = len(call.batch_sizes) if call.batch_sizes is not None else input.size(1 if self.batch_first else 0)
         return choose_path(backend, input.device, dtype, call.B, self.hidden_size, self.num_layers,
                            2 if self.bidirectional else 1, training, _diag._ACTIVE is not None, tune=tuner,
-                           record=record)
+                           record=record, T=T)
 
     def _layer_weights(self, layer: int, direction: int, amp_dtype: torch.dtype | None = None
                        ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:

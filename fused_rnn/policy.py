@@ -42,6 +42,10 @@ grad, judged by the forward+backward figures, else the forward-only figures.
      so).
   6. The fused backend that `auto` would use must be the fast one (``cpu`` / ``cuda``): with only the Python
      ``reference`` there, native.
+  7. CPU, short sequences: the grid measures long calls (T sized for ~0.2 s), where per-call costs vanish. A fused
+     call also pays a fixed cost per layer-direction (W_hh packed per call, the autograd.Function, the input GEMM as
+     its own op), which a call of a few steps cannot earn back: with T below :func:`short_sequence_floor` (by mode and
+     H), native.
 """
 
 from __future__ import annotations
@@ -60,6 +64,27 @@ import torch
 # varies far less; regenerate and revisit this with its data.
 MARGIN = (1.3, 1.25)
 STRONG_MARGIN = (2.0, 1.75)
+
+# Rule 7. Whole module, fused cpu vs native, medians of 9 interleaved rounds, 2-core AMD EPYC Zen 4 VM (AVX-512 +
+# BF16), 2 threads, quiet, 2026-12-01 -- ratio nn.RNN / fused at T = 1, 2, 4, 8, 16, 64:
+#   inference  B=1  H=64   0.71 0.79 0.94 1.15 1.55 3.20    B=1  H=256  0.67 0.74 0.94 1.25 1.60 2.68
+#              B=4  H=64   0.74 0.82 1.01 1.33 2.06 4.31    B=16 H=256  0.74 0.83 1.12 1.36 1.89 1.93
+#              B=1  H=256, 2 layers  0.59 0.72 0.91 1.20 1.66 2.56
+#              B=1  H=1024 0.22 0.49 0.67 0.89 1.31 (p20 0.95) 1.90   (W_hh, 4 MB, packed per call: ~1.3 ms)
+#   training   B=1  H=64   0.72 0.89 1.13 1.56 2.39 5.34    B=1  H=256  0.75 0.92 1.19 1.66 2.22 3.96
+#              B=4  H=64   0.81 0.94 1.22 1.59 2.56 5.12    B=16 H=256  0.69 0.88 1.09 1.41 1.79 2.13
+#              B=1  H=1024 0.42 1.05 1.35 2.43 3.98 7.64    B=1  H=256, 2 layers  0.64 0.89 1.21 1.62 2.32 3.86
+# So: fused from T = 8 in training; in inference from T = 16 up to H = 256 and from T = 64 above (H = 1024 is the
+# only larger H measured, so 256 < H < 1024 takes its floor).
+SHORT_T_TRAINING = 8
+SHORT_T_INFERENCE = ((256, 16), (1 << 62, 64))  # (H up to, T floor)
+
+
+def short_sequence_floor(H: int, training: bool) -> int:
+    """Rule 7: the smallest T for which a CPU call may run fused (below it, native)."""
+    if training:
+        return SHORT_T_TRAINING
+    return next(t for h, t in SHORT_T_INFERENCE if H <= h)
 GPU_MARGIN = 2.0  # rule 1 on CUDA: committed figures beat native by >= 2x counting the input GEMM
 
 # ISA classes (cpu_isa): ordered from most to least capable; "other" has no table and always runs native.
@@ -334,7 +359,7 @@ def decide(device_type: str, dtype: torch.dtype | str, B: int, H: int, layers: i
            training: bool, *, fused_backend: str, isa: str = "other", threads: int = 1,
            capability: tuple[int, int] | None = None, verified_capabilities: tuple[tuple[int, int], ...] = ((9, 0),),
            fused_tf32: bool = False, cudnn_tf32: bool = True, cpu_tables: tuple | None = None,
-           gpu_tables: tuple[GpuTable, ...] | None = None) -> Decision:
+           gpu_tables: tuple[GpuTable, ...] | None = None, T: int | None = None) -> Decision:
     """`auto`'s choice for one call (rules in the module docstring). Pure: every machine fact is an argument.
 
     Args:
@@ -347,6 +372,8 @@ def decide(device_type: str, dtype: torch.dtype | str, B: int, H: int, layers: i
         capability: CUDA compute capability; verified_capabilities: those the fused tiers passed on.
         fused_tf32: fused_rnn's fp32 matmuls may use TF32 (precision.allow_tf32()); cudnn_tf32: cuDNN's RNN may.
         cpu_tables, gpu_tables: the evidence (default: policy_data.CPU_TABLES, GPU_TABLES).
+        T: the call's sequence length (padded length, or the number of steps of a PackedSequence); None = long
+            (rule 7 not applied).
     """
     dkey = _dtype_key(dtype)
     mode = "fwd+bwd" if training else "fwd"
@@ -354,8 +381,16 @@ def decide(device_type: str, dtype: torch.dtype | str, B: int, H: int, layers: i
     stack = "" if ld == 1 else f" (a {layers}-layer{' bidirectional' if directions == 2 else ''} stack is judged " \
                                f"by its (B, H) cell: rule 3)"
     if device_type == "cpu":
-        return _decide_cpu(dkey, mode, B, H, stack, fused_backend, isa, threads,
-                           _cpu_tables() if cpu_tables is None else cpu_tables)
+        d = _decide_cpu(dkey, mode, B, H, stack, fused_backend, isa, threads,
+                        _cpu_tables() if cpu_tables is None else cpu_tables)
+        floor = short_sequence_floor(H, training)
+        if d.path == "cpu" and T is not None and T < floor:
+            return Decision("native", "", "short-sequence",
+                            f"T={T} < {floor}: a fused call's fixed cost per layer (W_hh packed per call, the input "
+                            f"GEMM and autograd.Function as separate steps) outweighs its per-step gain on so short "
+                            f"a sequence ({mode}, H={H}; rule 7) -- the grid cell alone would run cpu",
+                            d.evidence, d.source)
+        return d
     if device_type == "cuda":
         return _decide_cuda(dkey, mode, B, H, stack, fused_backend, capability, verified_capabilities,
                             fused_tf32, cudnn_tf32, GPU_TABLES if gpu_tables is None else gpu_tables)

@@ -160,7 +160,7 @@ def test_compiled() -> None:
 @needs_cpu
 def test_autocast_dtype_is_the_key(table: policy.CpuTable) -> None:
     rnn = fused_rnn.RNN(3, 64)
-    x = torch.randn(5, 1, 3)
+    x = torch.randn(32, 1, 3)  # T >= 16: not a short call (policy rule 7)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         e = fused_rnn.explain(rnn, x)
     assert (e.call.dtype, e.call.input_dtype, e.call.autocast) == ("bf16", "fp32", True)

@@ -121,6 +121,62 @@ def test_nearest_thread_table_is_used():
     assert cpu(B=1, H=64, threads=6, tables=(t1, t8)).path == "cpu"     # nearer to 8: strong-margin win
 
 
+@pytest.mark.parametrize(("H", "training", "floor"), [(64, False, 16), (256, False, 16), (257, False, 64),
+                                                      (1024, False, 64), (64, True, 8), (1024, True, 8)],
+                         ids=["H64-fwd", "H256-fwd", "H257-fwd", "H1024-fwd", "H64-train", "H1024-train"])
+def test_short_sequences_run_native(H: int, training: bool, floor: int) -> None:
+    """Rule 7: a CPU call shorter than the floor runs native even where its grid cell is a fused win; from the floor
+    on (and with T unknown) the cell decides."""
+    assert policy.short_sequence_floor(H, training) == floor
+    win = _table(cells={(dt, mode, b, h): WIN for dt in ("fp32",) for mode in ("fwd", "fwd+bwd")
+                        for b in (1, 16, 256) for h in (64, 256, 1024)})
+
+    def at(T):
+        return decide("cpu", "fp32", 1, H, 1, 1, training, fused_backend="cpu", isa="avx512", threads=2,
+                      cpu_tables=(win,), T=T)
+
+    for T in (1, floor - 1):
+        d = at(T)
+        assert (d.path, d.rule) == ("native", "short-sequence") and f"T={T} < {floor}" in d.reason, d
+        assert d.evidence, "the cell that would have run cpu stays in the evidence"
+    for T in (floor, 10 * floor, None):
+        assert at(T).path == "cpu", T
+
+
+def test_short_sequence_rule_leaves_other_decisions_alone() -> None:
+    # a measured loss keeps its own reason; CUDA takes no T rule
+    d = cpu(B=256, H=1024, training=False)
+    assert decide("cpu", "fp32", 256, 1024, 1, 1, False, fused_backend="cpu", isa="avx512", threads=2,
+                  cpu_tables=(_table(),), T=1).rule == d.rule == "measured-loss"
+    g = decide("cuda", "fp64", 1, 64, 1, 1, False, fused_backend="cuda", capability=(9, 0), T=1)
+    assert g.rule == "fp64-gpu"
+
+
+def test_module_short_call_runs_native_and_long_call_runs_cpu() -> None:
+    """Through the module: the path recorded for a T=1 inference call on a measured-win shape is native (rule 7),
+    bit for bit nn.RNN; the same module at a long T runs the fused cpu path."""
+    import fused_rnn
+    from fused_rnn.backends import select
+
+    if "cpu" not in fused_rnn.available_backends():
+        pytest.skip("the C++ CPU backend is not built")
+    rnn = fused_rnn.RNN(64, 64)
+    ref = torch.nn.RNN(64, 64)
+    ref.load_state_dict(rnn.state_dict())
+    long_d = select.choose_path("auto", torch.device("cpu"), torch.float32, 1, 64, 1, 1, False, record=False)
+    if long_d.path != "cpu":
+        pytest.skip(f"this machine kind's policy runs native at B=1 H=64 anyway: {long_d.summary}")
+    x = torch.randn(1, 1, 64)
+    with torch.no_grad(), select.record_paths() as log:
+        out, h = rnn(x)
+        want, want_h = ref(x)
+    assert [(d.path, d.rule) for d in log] == [("native", "short-sequence")]
+    assert torch.equal(out, want) and torch.equal(h, want_h)
+    with torch.no_grad(), select.record_paths() as log:
+        rnn(torch.randn(64, 1, 64))
+    assert [d.path for d in log] == ["cpu"]
+
+
 def test_isa_rules():
     # another x86 class borrows with the strong margin
     assert cpu(B=1, H=64, isa="avx2").path == "cpu"

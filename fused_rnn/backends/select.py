@@ -220,7 +220,7 @@ def record_paths() -> Iterator[list]:
 def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, H: int, layers: int,
                 directions: int, training: bool, recording_bptt: bool = False,
                 tune: Callable[[policy.Decision], policy.Decision] | None = None, record: bool = True,
-                traced: bool | None = None):
+                traced: bool | None = None, T: int | None = None):
     """The path of one ``fused_rnn.RNN`` call: a ``policy.Decision`` whose ``path`` is "native" or a fused backend.
 
     Args:
@@ -235,6 +235,7 @@ def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, 
             reports a call without making it).
         traced: whether torch.compile / torch.export is tracing the call (None: ask ``tracing()``; explain passes
             its ``compiled`` argument).
+        T: the call's number of time steps (policy rule 7: short CPU calls run native); None = not known (long).
     Raises:
         RuntimeError for backend "native" inside record_bptt; the errors of ``_resolve_name`` for unusable backends.
 
@@ -265,7 +266,7 @@ def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, 
     elif forced_tier:
         d = policy.Decision(name, forced_tier, "forced-tier", f"{_TIER_ENV[name]}={forced_tier} forces the tier")
     else:
-        d = _policy_decision(name, device, dtype, B, H, layers, directions, training)
+        d = _policy_decision(name, device, dtype, B, H, layers, directions, training, T)
         if tune is not None:
             d = tune(d)
     if record and _PATH_LOG is not None:
@@ -282,11 +283,13 @@ def tracing() -> bool:
 
 
 def _policy_decision(fused: str, device: torch.device, dtype: torch.dtype, B: int, H: int, layers: int,
-                     directions: int, training: bool):
+                     directions: int, training: bool, T: int | None = None):
     """Gather this process's facts and ask the (cached) pure policy."""
     if device.type == "cpu":
+        # T matters only below rule 7's floor: every longer T shares one cache entry
+        t = None if T is None or T >= policy.short_sequence_floor(H, training) else int(T)
         return _decide_cached("cpu", dtype, B, H, layers, directions, training, fused, policy.cpu_isa(),
-                              torch.get_num_threads(), None, False, False)
+                              torch.get_num_threads(), None, False, False, t)
     if device.type == "cuda":
         from ..precision import allow_tf32
 
@@ -298,10 +301,10 @@ def _policy_decision(fused: str, device: torch.device, dtype: torch.dtype, B: in
 @functools.lru_cache(maxsize=4096)
 def _decide_cached(device_type: str, dtype: torch.dtype, B: int, H: int, layers: int, directions: int,
                    training: bool, fused: str, isa: str, threads: int, capability: tuple[int, int] | None,
-                   fused_tf32: bool, cudnn_tf32: bool):
+                   fused_tf32: bool, cudnn_tf32: bool, T: int | None = None):
     return policy.decide(device_type, dtype, B, H, layers, directions, training, fused_backend=fused, isa=isa,
                          threads=threads, capability=capability, verified_capabilities=GPU_VERIFIED_CAPABILITY,
-                         fused_tf32=fused_tf32, cudnn_tf32=cudnn_tf32)
+                         fused_tf32=fused_tf32, cudnn_tf32=cudnn_tf32, T=T)
 
 
 @functools.lru_cache(maxsize=16)
