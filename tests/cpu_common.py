@@ -99,3 +99,16 @@ def num_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def contract_inputs(T: int, B: int, H: int, seed: int, lengths: bool, dtype: torch.dtype = torch.float32):
+    """Random backend-contract inputs, drawn in fp64 and cast: P [T,B,H], h0 [B,H] (non-zero), w_hh [H,H] (spectral
+    radius ~0.9), lengths [B] in [1, T] | None, dY [T,B,H], dh_n [B,H]."""
+    g = torch.Generator().manual_seed(seed)
+    P = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    h0 = 0.5 * torch.randn(B, H, generator=g, dtype=torch.float64)
+    w = 0.9 * torch.randn(H, H, generator=g, dtype=torch.float64) / H**0.5
+    dY = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    dh = torch.randn(B, H, generator=g, dtype=torch.float64)
+    L = torch.randint(1, T + 1, (B,), generator=g, dtype=torch.int64) if lengths else None
+    return P.to(dtype), h0.to(dtype), w.to(dtype), L, dY.to(dtype), dh.to(dtype)

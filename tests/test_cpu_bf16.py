@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cpu_common import ISAS, bf16_isa_missing, built, forced, last_run, num_threads  # tests/cpu_common.py
+from cpu_common import ISAS, bf16_isa_missing, built, contract_inputs, forced, last_run, num_threads
 
 from fused_rnn.backends import cpu as cpu_backend
 from fused_rnn.backends import reference
@@ -35,14 +35,7 @@ def _variant(name: str) -> str:
 
 
 def _inputs(T: int, B: int, H: int, dtype: torch.dtype, lengths: bool, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    P = torch.randn(T, B, H, generator=g, dtype=torch.float64)
-    h0 = 0.5 * torch.randn(B, H, generator=g, dtype=torch.float64)
-    w = 0.9 * torch.randn(H, H, generator=g, dtype=torch.float64) / H**0.5
-    dY = torch.randn(T, B, H, generator=g, dtype=torch.float64)
-    dh = torch.randn(B, H, generator=g, dtype=torch.float64)
-    L = torch.randint(1, T + 1, (B,), generator=g, dtype=torch.int64) if lengths else None
-    return P.to(dtype), h0.to(dtype), w.to(dtype), L, dY.to(dtype), dh.to(dtype)
+    return contract_inputs(T, B, H, seed, lengths, dtype)
 
 
 def _err(a: torch.Tensor, oracle: torch.Tensor) -> float:

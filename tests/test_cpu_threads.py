@@ -17,7 +17,7 @@ import threading
 
 import pytest
 import torch
-from cpu_common import ISAS, OWN_PATHS, built, forced, last_run, num_threads  # tests/cpu_common.py
+from cpu_common import ISAS, OWN_PATHS, built, contract_inputs, forced, last_run, num_threads  # tests/cpu_common.py
 
 from fused_rnn.backends import cpu as cpu_backend
 from fused_rnn.backends import reference
@@ -29,16 +29,7 @@ MANY_THREADS = 2 * (os.cpu_count() or 1) + 1  # more threads than cores
 FMA_ISAS = ("avx2", "avx512")  # the builds whose matvec uses fused multiply-adds
 
 
-def _inputs(T: int, B: int, H: int, seed: int, lengths: bool, dtype: torch.dtype = torch.float32):
-    """P [T,B,H], h0 [B,H], w_hh [H,H] (spectral radius ~0.9), lengths [B] in [1, T] | None, dY [T,B,H], dh_n [B,H]."""
-    g = torch.Generator().manual_seed(seed)
-    P = torch.randn(T, B, H, generator=g, dtype=torch.float64)
-    h0 = 0.5 * torch.randn(B, H, generator=g, dtype=torch.float64)
-    w = 0.9 * torch.randn(H, H, generator=g, dtype=torch.float64) / H**0.5
-    dY = torch.randn(T, B, H, generator=g, dtype=torch.float64)
-    dh = torch.randn(B, H, generator=g, dtype=torch.float64)
-    L = torch.randint(1, T + 1, (B,), generator=g, dtype=torch.int64) if lengths else None
-    return P.to(dtype), h0.to(dtype), w.to(dtype), L, dY.to(dtype), dh.to(dtype)
+_inputs = contract_inputs  # (T, B, H, seed, lengths, dtype=fp32)
 
 
 def _run(args, reverse: bool, act: str) -> tuple[tuple[Tensor, ...], list[dict[str, str]]]:
