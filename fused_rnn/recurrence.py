@@ -1,7 +1,7 @@
 """The autograd layer: ``ElmanRecurrence``, a ``torch.autograd.Function`` around a backend's forward/backward.
 
 It saves Y, h0, w_hh and lengths, calls the selected backend's BPTT for dA and dh0, and computes dW_hh with one
-GEMM over T·B from the predecessor-state tensor S (docs/design.md):  dW_hh = Σ_t dA_tᵀ S_t.
+GEMM over T·B against the predecessor states S (docs/design.md):  dW_hh = Σ_t dA_tᵀ S_t, without building S.
 It is once-differentiable: double backward raises a clear error instead of silently dropping a gradient.
 """
 
@@ -18,7 +18,8 @@ def predecessor_states(Y: Tensor, h0: Tensor, lengths: Tensor | None, reverse: b
     """S [T, B, H]: S_t[b] = the state that step t of element b consumed (h0 at its first step).
 
     Forward: S = cat(h0, Y[:-1]).  Reverse: S = cat(Y[1:], h0), then S[L_b-1, b] = h0[b] for every b with L_b < T --
-    a shifted Y alone is wrong whenever h0 != 0 and lengths vary.
+    a shifted Y alone is wrong whenever h0 != 0 and lengths vary. The readable definition of dW_hh = Σ_t dA_tᵀ S_t;
+    ``grad_w_hh`` computes the same sum without building S.
     """
     h0u = h0.unsqueeze(0)
     if not reverse:
@@ -29,6 +30,33 @@ def predecessor_states(Y: Tensor, h0: Tensor, lengths: Tensor | None, reverse: b
         idx = (lengths - 1).clamp(0, T - 1).view(1, B, 1).expand(1, B, Y.shape[2])
         S = S.scatter(0, idx, h0u)  # one scatter; for L_b == T it rewrites the h0 already there
     return S
+
+
+def grad_w_hh(dA: Tensor, Y: Tensor, h0: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
+    """dA [T, B, H], Y [T, B, H], h0 [B, H] -> dW_hh [H, H] = Σ_t dA_tᵀ S_t (S: ``predecessor_states``).
+
+    Two GEMMs on views instead of one on S: the h0 term, dA_firstᵀ h0, where dA_first[b] is dA at element b's first
+    step (t = 0 forward, t = L_b − 1 reverse), plus the shifted term over T−1 steps, dA[1:]ᵀ Y[:-1] (forward) or
+    dA[:-1]ᵀ Y[1:] (reverse). Exact in the contract's terms: dA is 0 at padded steps, and Y is 0 there, so the
+    shifted term pairs no padded state with a valid dA. Building S cost a [T, B, H] allocation and copy: 15 ms of a
+    334 ms fwd+bwd at T2800 B16 H256 fp32 (2-core AMD EPYC Zen 4, 2 threads, 2026-12-01).
+    """
+    T, B, H = Y.shape
+    if T == 0:
+        return h0.new_zeros(H, H)
+    if reverse:
+        if lengths is None:
+            first = dA[T - 1]
+        else:
+            idx = (lengths - 1).clamp(0, T - 1).view(1, B, 1).expand(1, B, H)
+            first = dA.gather(0, idx)[0]
+    else:
+        first = dA[0]
+    dw = first.t().mm(h0)
+    if T > 1:
+        prev, cur = (Y[:-1], dA[1:]) if not reverse else (Y[1:], dA[:-1])
+        dw.addmm_(cur.reshape((T - 1) * B, H).t(), prev.reshape((T - 1) * B, H))
+    return dw
 
 
 class ElmanRecurrence(torch.autograd.Function):
@@ -111,8 +139,7 @@ def _backward(ctx, dY: Tensor, dh_n: Tensor) -> tuple:
             ctx.allow_tf32)
     dw_hh = None
     if ctx.needs_input_grad[2]:
-        S = predecessor_states(Y, h0, lengths, ctx.reverse)
-        dw_hh = dA.reshape(T * B, H).t().mm(S.reshape(T * B, H)) if B > 0 else torch.zeros_like(w_hh)
+        dw_hh = grad_w_hh(dA, Y, h0, lengths, ctx.reverse) if B > 0 else torch.zeros_like(w_hh)
     if getattr(ctx, "bptt", None) is not None:  # BPTT diagnostics hook: per-step norms of dA and of g = ∂L/∂h_t
         ctx.bptt.record(dA, dY, dh_n, w_hh, lengths, ctx.reverse)
     return dA, dh0, dw_hh, None, None, None, None, None, None
