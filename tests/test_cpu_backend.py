@@ -132,8 +132,8 @@ def _check_contract(isa: str, T: int, B: int, H: int, lengths_kind: str, dtype: 
 @pytest.mark.parametrize("dtype,T", [(torch.float32, 1300), (torch.float64, 700)], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("lengths_kind", ["none", "mixed"])
 def test_contract_large_outputs(dtype: torch.dtype, T: int, lengths_kind: str) -> None:
-    """Outputs over 4 MiB (Y and dA [T, 5, 170]: 4.4 / 4.8 MB) take the huge-page advice (elman_cpu.cpp,
-    empty_output); with lengths they are zero-filled after it. Values and exact zeros at padded steps as above."""
+    """Outputs of several MiB (Y and dA [T, 5, 170]: 4.4 / 4.8 MB, fresh mmap'd memory from glibc), long enough for
+    the kernels' blocking over T to matter: values, and exact zeros at padded steps, as above."""
     _check_contract(BEST_ISA, T, 5, 170, lengths_kind, dtype)
 
 

@@ -42,10 +42,6 @@
 #include <type_traits>
 #include <vector>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -515,30 +511,6 @@ c10::optional<at::Tensor> checked_lengths(const char* op, const c10::optional<at
   return L;
 }
 
-// ---- the [T, B, H] outputs ---------------------------------------------------------------------------------
-// A fresh output of some MB is usually fresh memory: glibc maps chunks over its mmap threshold (32 MiB at most)
-// anew on every call and unmaps them on free, and the first touch then faults every 4 KiB page. Asking for 2 MiB
-// pages over the tensor's aligned interior (advice only: where transparent huge pages are off or unavailable it
-// changes nothing) cut allocate + first write of 46 MB from 15.3 ms to 4.3 ms -- c10's own allocator does the same
-// behind THP_MEM_ALLOC_ENABLE=1, which gave 4.0 ms (T2800 B16 H256 fp32, 2-core AMD EPYC Zen 4 VM, THP "madvise",
-// 2026-12-01). Y and dA are two of the five such tensors of a training step; the fwd+bwd of that shape took 334 ms.
-constexpr int64_t kHugeAdviceMinBytes = int64_t(4) << 20;
-
-at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options, bool zero) {
-  at::Tensor t = at::empty(sizes, options);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
-  if (bytes >= kHugeAdviceMinBytes) {
-    constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-    const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
-    const uintptr_t lo = (p + kHuge - 1) & ~(kHuge - 1), hi = (p + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
-    if (hi > lo) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // failure: 4 KiB pages, as before
-  }
-#endif
-  if (zero) t.zero_();
-  return t;
-}
-
 // ---- running the own loops on serial / hidden / batch workers --------------------------------------------------
 struct AlignedBuf {
   explicit AlignedBuf(int64_t bytes) : raw(new char[bytes + 64]) {
@@ -795,7 +767,7 @@ std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::
     const Path path = choose_path(T_, B, H, threads, (H + K.panel_f32 - 1) / K.panel_f32, K.max_rows);
     if (path != Path::Blas) {
       const at::Tensor Pc = P.contiguous(), h0c = h0.contiguous(), Wc = w_hh.contiguous();
-      at::Tensor Y = empty_output({T_, B, H}, Pc.options(), L.has_value());
+      at::Tensor Y = L.has_value() ? at::zeros({T_, B, H}, Pc.options()) : at::empty({T_, B, H}, Pc.options());
       at::Tensor h_n = at::empty({B, H}, Pc.options());
       bool took_over = false;
       const int workers = fwd_own_bf16(K, path, threads, Pc, h0c, Wc, lp, Y, h_n, reverse, act, &took_over);
@@ -807,7 +779,7 @@ std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::
   const at::Tensor Pc = P.to(ct).contiguous();
   const at::Tensor h0c = h0.to(ct).contiguous();
   const at::Tensor Wc = w_hh.to(ct).contiguous();
-  at::Tensor Y = empty_output({T_, B, H}, Pc.options(), L.has_value());
+  at::Tensor Y = L.has_value() ? at::zeros({T_, B, H}, Pc.options()) : at::empty({T_, B, H}, Pc.options());
   at::Tensor h_n = at::empty({B, H}, Pc.options());
   const Round rm = round_mode(st);
   const int64_t NW = ct == at::kFloat ? K.panel_f32 : K.panel_f64;
@@ -904,7 +876,7 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
     const Path path = choose_path(T_, B, H, threads, (H + K.panel_f32 - 1) / K.panel_f32, K.max_rows);
     if (path != Path::Blas) {
       const at::Tensor dYc = dY.contiguous(), dhc = dh_n.contiguous(), Yc = Y.contiguous(), Wc = w_hh.contiguous();
-      at::Tensor dA = empty_output({T_, B, H}, Yc.options(), L.has_value());
+      at::Tensor dA = L.has_value() ? at::zeros({T_, B, H}, Yc.options()) : at::empty({T_, B, H}, Yc.options());
       at::Tensor C = at::empty({B, H}, Yc.options().dtype(at::kFloat));
       bool took_over = false;
       const int workers = bwd_own_bf16(K, path, threads, dYc, dhc, Yc, Wc, lp, dA, C, reverse, act, &took_over);
@@ -919,7 +891,7 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
   const at::Tensor Wc = w_hh.to(ct).contiguous();
   // dA in the compute dtype (fp32 for fp16/bf16): the carried gradient uses the unrounded value, dA is rounded once
   // when converted to the storage dtype at the end -- the reference's order.
-  at::Tensor dA = empty_output({T_, B, H}, Yc.options(), L.has_value());
+  at::Tensor dA = L.has_value() ? at::zeros({T_, B, H}, Yc.options()) : at::empty({T_, B, H}, Yc.options());
   at::Tensor dh0 = at::empty({B, H}, Yc.options());
   const int64_t NW = ct == at::kFloat ? K.panel_f32 : K.panel_f64;
   const Path path = choose_path(T_, B, H, threads, (H + NW - 1) / NW, K.max_rows);
