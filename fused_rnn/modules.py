@@ -143,7 +143,8 @@ class RNN(nn.RNNBase):
                 hx = self.permute_hidden(hx, sorted_indices)
         else:
             if not isinstance(input, Tensor):
-                raise TypeError(f"RNN: expected input to be a Tensor or PackedSequence, got {type(input).__name__}")
+                raise InputTypeError(
+                    f"RNN: expected input to be a Tensor or PackedSequence, got {type(input).__name__}")
             if input.dim() not in (2, 3):
                 raise ValueError(f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
             is_batched = input.dim() == 3
@@ -373,6 +374,12 @@ def _packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor
 def _padded_to_packed_data(output: Tensor, lengths: Tensor) -> Tensor:
     """output [T, B, D·H] in sorted order, lengths [B] -> packed data [N, D·H] (the inverse of _packed_to_padded)."""
     return pack_padded_sequence(output, lengths, batch_first=False, enforce_sorted=True).data
+
+
+class InputTypeError(TypeError, AttributeError):
+    """``input`` is neither a Tensor nor a PackedSequence. A TypeError, which is what it is, and an AttributeError as
+    well: nn.RNN fails on such input by accident with AttributeError ("'list' object has no attribute 'dim'"), so an
+    ``except AttributeError`` written for nn.RNN still catches fused_rnn's clearer error."""
 
 
 class _Call(NamedTuple):

@@ -174,10 +174,16 @@ def test_hx_device_mismatch_is_clear() -> None:
     assert "hx" in msg and "meta" in msg and "cpu" in msg
 
 
-def test_non_tensor_input_is_clear() -> None:
-    _, ours = _pair()
-    with pytest.raises(TypeError, match="Tensor or PackedSequence"):
-        ours([[1.0, 2.0, 3.0]])
+@pytest.mark.parametrize("bad", [[[1.0, 2.0, 3.0]], None, 3.0, "x"], ids=["list", "None", "float", "str"])
+def test_non_tensor_input_is_clear(bad: object) -> None:
+    """nn.RNN fails on ``input.dim()`` ("'list' object has no attribute 'dim'"); fused_rnn names the problem with an
+    error that is a TypeError and also of nn.RNN's type (AttributeError), so an ``except`` written for nn.RNN still
+    catches it."""
+    theirs, ours = _pair()
+    want = outcome(lambda: theirs(bad))
+    with pytest.raises(TypeError, match="Tensor or PackedSequence") as got:
+        ours(bad)
+    assert want is not None and isinstance(got.value, type(want)), f"nn.RNN raises {type(want).__name__}: {want}"
 
 
 LENGTHS_CASES = {
