@@ -56,7 +56,8 @@ def elman_layer(
         lengths = lengths.to(x.device, non_blocking=True)
     P = input_projection(x, w_ih, b_ih, b_hh).contiguous()
     choice = resolve(backend, P.device, H, B, P.dtype)
-    return recurrence(P, h0, w_hh, lengths, reverse, nonlinearity, choice.backend, choice.tier, _tf32_setting())
+    return recurrence(P, h0, w_hh, lengths, reverse, nonlinearity, choice.backend, choice.tier, _tf32_setting(),
+                      consume_p=True)
 
 
 @_lazy_compile.assume_constant_result

@@ -60,19 +60,30 @@ def grad_w_hh(dA: Tensor, Y: Tensor, h0: Tensor, lengths: Tensor | None, reverse
 
 
 class ElmanRecurrence(torch.autograd.Function):
-    """(P [T,B,H], h0 [B,H], w_hh [H,H], lengths [B] | None, ...) -> (Y [T,B,H], h_n [B,H])."""
+    """(P [T,B,H], h0 [B,H], w_hh [H,H], lengths [B] | None, ..., consume_p) -> (Y [T,B,H], h_n [B,H])."""
 
     @staticmethod
     def forward(ctx, P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse: bool,
-                nonlinearity: str, backend: str, tier: str, allow_tf32: bool) -> tuple[Tensor, Tensor]:
-        P = P.contiguous()
+                nonlinearity: str, backend: str, tier: str, allow_tf32: bool,
+                consume_p: bool = False) -> tuple[Tensor, Tensor]:
         h0 = h0.contiguous()
         w_hh = w_hh.contiguous()
         T, B, H = P.shape
+        mod = backend_module(backend)
+        into = getattr(mod, "forward_into", None) if consume_p else None
         if B == 0:  # never reaches a backend: a zero-size CUDA grid is an invalid launch
             Y, h_n = P.new_zeros(T, 0, H), h0.clone()
+        elif (into is not None and P.is_contiguous() and not torch.compiler.is_compiling()
+              and not torch.jit.is_tracing()):
+            # The caller owns P (its own input projection, which nothing else reads or saves: the projection's
+            # backward keeps x and W_ih, not its output): Y is written over it, which saves a [T, B, H] allocation
+            # (the C++ op's comment has the figure). Y is returned as a detached alias, not as P marked dirty: P is
+            # usually a view of the projection's 2-D result, and autograd refuses a dirty view input on a Function
+            # with two outputs. Eager only: traced graphs keep the functional op.
+            h_n = into(P, h0, w_hh, lengths, reverse, nonlinearity)
+            Y = P.detach()
         else:
-            Y, h_n = backend_module(backend).forward(P, h0, w_hh, lengths, reverse, nonlinearity, tier, allow_tf32)
+            Y, h_n = mod.forward(P.contiguous(), h0, w_hh, lengths, reverse, nonlinearity, tier, allow_tf32)
         ctx.save_for_backward(Y, h0, w_hh, lengths)
         ctx.reverse = reverse
         ctx.nonlinearity = nonlinearity
@@ -90,7 +101,7 @@ class ElmanRecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dY: Tensor, dh_n: Tensor):
-        """dY [T,B,H], dh_n [B,H] -> (dP = dA [T,B,H], dh0 [B,H], dW_hh [H,H], None × 6)."""
+        """dY [T,B,H], dh_n [B,H] -> (dP = dA [T,B,H], dh0 [B,H], dW_hh [H,H], None × 7)."""
         grads = _backward(ctx, dY, dh_n)
         if torch.is_grad_enabled():
             # create_graph=True: no second derivative exists here. once_differentiable would only guard the
@@ -142,11 +153,15 @@ def _backward(ctx, dY: Tensor, dh_n: Tensor) -> tuple:
         dw_hh = grad_w_hh(dA, Y, h0, lengths, ctx.reverse) if B > 0 else torch.zeros_like(w_hh)
     if getattr(ctx, "bptt", None) is not None:  # BPTT diagnostics hook: per-step norms of dA and of g = ∂L/∂h_t
         ctx.bptt.record(dA, dY, dh_n, w_hh, lengths, ctx.reverse)
-    return dA, dh0, dw_hh, None, None, None, None, None, None
+    return dA, dh0, dw_hh, None, None, None, None, None, None, None
 
 
 def recurrence(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None = None, reverse: bool = False,
                nonlinearity: str = "tanh", backend: str = "reference", tier: str = "",
-               allow_tf32: bool = False) -> tuple[Tensor, Tensor]:
-    """Differentiable sequential part: P [T,B,H], h0 [B,H], w_hh [H,H], lengths [B] | None -> (Y, h_n)."""
-    return ElmanRecurrence.apply(P, h0, w_hh, lengths, reverse, nonlinearity, backend, tier, allow_tf32)
+               allow_tf32: bool = False, consume_p: bool = False) -> tuple[Tensor, Tensor]:
+    """Differentiable sequential part: P [T,B,H], h0 [B,H], w_hh [H,H], lengths [B] | None -> (Y, h_n).
+
+    ``consume_p=True``: P is a temporary of the caller's that nothing else reads; a backend with ``forward_into``
+    may then write Y over it (eager mode), and the returned Y is P.
+    """
+    return ElmanRecurrence.apply(P, h0, w_hh, lengths, reverse, nonlinearity, backend, tier, allow_tf32, consume_p)

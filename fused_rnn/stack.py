@@ -45,7 +45,7 @@ def run_fused_stack(module: torch.nn.RNNBase, x: Tensor, hx: Tensor, lengths: Te
                                    module.nonlinearity, backend)
             P = input_projection(layer_input, w_ih, b_ih, b_hh).contiguous()
             return recurrence(P, h0, w_hh, lengths, direction == 1, module.nonlinearity, backend, tier,
-                              _tf32_setting())
+                              _tf32_setting(), consume_p=True)
 
         if num_directions == 1:
             y, h = run(0)

@@ -421,3 +421,73 @@ def test_opcheck(dtype: torch.dtype) -> None:
     torch.library.opcheck(torch.ops.fused_rnn.elman_fwd.default, (P, h0, w, L, True, "tanh", "", False))
     Y, _ = cpu_backend.forward(P, h0, w, L, True, "tanh")
     torch.library.opcheck(torch.ops.fused_rnn.elman_bwd.default, (dY, dh, Y, w, L, True, "relu", "", False))
+
+
+# ---- the in-place forward (forward_into: Y written over P) ----------------------------------------------------------
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("lengths_kind", ["none", "mixed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=["fp32", "fp64", "bf16", "fp16"])
+@pytest.mark.parametrize("path", ["auto", "serial", "hidden", "batch", "blas"])
+def test_forward_into_equals_forward(path: str, dtype: torch.dtype, lengths_kind: str, reverse: bool) -> None:
+    """forward_into leaves in P exactly (bitwise) what forward returns as Y -- padded steps zeroed although P held
+    projections there -- and the same h_n; on every path, including those that compute into a fresh Y and copy it
+    back (per-step BLAS; fp16, which computes in fp32). The reference twin likewise."""
+    T, B, H = 9, 13, 70  # 13 rows: the batch split gets rows for both workers; H = 70: a partial panel
+    P, h0, w, L, _, _ = _inputs(T, B, H, dtype, lengths_kind, seed=11)
+    with forced(path=path):
+        Y, hn = cpu_backend.forward(P, h0, w, L, reverse, "relu" if reverse else "tanh")
+        P2 = P.clone()
+        hn2 = cpu_backend.forward_into(P2, h0, w, L, reverse, "relu" if reverse else "tanh")
+    assert torch.equal(P2, Y) and torch.equal(hn2, hn)
+    Yr, hnr = reference.forward(P, h0, w, L, reverse, "tanh")
+    P3 = P.clone()
+    assert torch.equal(reference.forward_into(P3, h0, w, L, reverse, "tanh"), hnr) and torch.equal(P3, Yr)
+
+
+def test_forward_into_rejects_non_contiguous_p() -> None:
+    P, h0, w, _, _, _ = _inputs(6, 4, 5, torch.float32, "none")
+    with pytest.raises(RuntimeError, match="P must be contiguous"):
+        cpu_backend.forward_into(P.transpose(0, 1).contiguous().transpose(0, 1), h0, w, None, False, "tanh")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("lengths_kind", ["none", "mixed"])
+def test_consume_p_gives_the_same_values_and_gradients(backend: str, lengths_kind: str) -> None:
+    """recurrence(consume_p=True) on a P that is a view of the projection's 2-D result (as F.linear returns it): Y is
+    P's memory (the in-place path ran), and Y, h_n and every gradient are bitwise those of consume_p=False."""
+    T, B, n_in, H = 11, 6, 5, 33
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(T, B, n_in, generator=g, requires_grad=True)
+    w_ih = (0.3 * torch.randn(H, n_in, generator=g)).requires_grad_()
+    w_hh = (0.9 * torch.randn(H, H, generator=g) / H**0.5).requires_grad_()
+    h0 = (0.5 * torch.randn(B, H, generator=g)).requires_grad_()
+    L = None if lengths_kind == "none" else torch.randint(1, T + 1, (B,), generator=g)
+    dY, dh = torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g)
+    got = []
+    for consume in (False, True):
+        P = torch.nn.functional.linear(x, w_ih)
+        Y, hn = fused_rnn.recurrence(P, h0, w_hh, L, False, "tanh", backend, consume_p=consume)
+        if consume:
+            assert Y.data_ptr() == P.data_ptr(), "the in-place forward did not run"
+        grads = torch.autograd.grad((Y, hn), (x, w_ih, w_hh, h0), (dY, dh))
+        got.append((Y.detach().clone(), hn.detach(), *grads))
+    for a, b in zip(*got):
+        assert torch.equal(a, b)
+
+
+def test_consume_p_falls_back_for_non_contiguous_p() -> None:
+    """A non-contiguous P is never written: the functional forward runs and P keeps its values."""
+    P, h0, w, _, _, _ = _inputs(6, 4, 5, torch.float32, "none")
+    Pt = P.transpose(0, 1).contiguous().transpose(0, 1)
+    before = Pt.clone()
+    Y, _ = fused_rnn.recurrence(Pt, h0, w, None, False, "tanh", "cpu", consume_p=True)
+    assert torch.equal(Pt, before) and Y.data_ptr() != Pt.data_ptr()
+
+
+def test_opcheck_inplace() -> None:
+    """The in-place op's schema declares the mutation of P (Tensor(a!)), so torch.library.opcheck accepts it."""
+    P, h0, w, _, _, _ = _inputs(5, 3, 4, torch.float32, "none", seed=2)
+    torch.library.opcheck(torch.ops.fused_rnn.cpu_elman_fwd_inplace.default,
+                          (P, h0, w, torch.tensor([5, 2, 3]), True, "tanh"),
+                          test_utils=("test_schema", "test_autograd_registration"))

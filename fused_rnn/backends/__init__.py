@@ -10,5 +10,9 @@ Each backend module exposes::
     forward(P, h0, w_hh, lengths, reverse, nonlinearity, tier, allow_tf32) -> (Y, h_n)
     backward(dY, dh_n, Y, w_hh, lengths, reverse, nonlinearity, tier, allow_tf32) -> (dA, dh0)
 
+and may expose (ElmanRecurrence uses it, in eager mode, when the caller owns P -- the layer's own projection)::
+
+    forward_into(P, h0, w_hh, lengths, reverse, nonlinearity) -> h_n   # forward with Y written over P
+
 Only ``select.py`` knows them all.
 """

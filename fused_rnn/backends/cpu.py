@@ -13,6 +13,7 @@ Test/benchmark hooks (torch.ops.fused_rnn.*): ``cpu_isa("" | "auto" | "generic" 
 ``cpu_path("" | "auto" | "serial" | "hidden" | "batch" | "blas")`` reads or forces the path; ``cpu_last_run()``
 says what the last call on this thread ran ("isa=avx512 path=hidden threads=2");
 ``cpu_nested(P, h0, w_hh, copies)`` runs the ops inside at::parallel_for (the nesting test).
+``cpu_elman_fwd_inplace`` is ``forward_into``'s op (Y written over P).
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ def forward(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse
             tier: str = "", allow_tf32: bool = False) -> tuple[Tensor, Tensor]:
     """P [T,B,H], h0 [B,H], w_hh [H,H], lengths [B] | None -> (Y [T,B,H], h_n [B,H]); see reference.forward."""
     return torch.ops.fused_rnn.elman_fwd(P, h0, w_hh, lengths, reverse, nonlinearity, tier, allow_tf32)
+
+
+def forward_into(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse: bool,
+                 nonlinearity: str) -> Tensor:
+    """forward, writing Y into P [T,B,H] (contiguous; its old values are consumed) -> h_n [B,H]; see
+    reference.forward_into. Saves allocating Y: csrc/cpu/elman_cpu.cpp, cpu_elman_fwd_inplace."""
+    return torch.ops.fused_rnn.cpu_elman_fwd_inplace(P, h0, w_hh, lengths, reverse, nonlinearity)
 
 
 def backward(dY: Tensor, dh_n: Tensor, Y: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse: bool,

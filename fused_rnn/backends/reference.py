@@ -88,6 +88,15 @@ def forward(
     return Y, h.to(P.dtype)
 
 
+def forward_into(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse: bool,
+                 nonlinearity: str) -> Tensor:
+    """``forward`` with Y written over P [T,B,H] (contiguous) -> h_n [B,H]. The twin of the C++ backend's in-place
+    forward: the same values as ``forward``, P then holds Y."""
+    Y, h_n = forward(P, h0, w_hh, lengths, reverse, nonlinearity)
+    P.copy_(Y)
+    return h_n
+
+
 def backward(
     dY: Tensor,
     dh_n: Tensor,
