@@ -16,7 +16,9 @@ not take this shape" and is reported as unsupported. Any FAILED or ERROR row mak
 Timing (timing.time_interleaved): ``rounds`` rounds, each timing every provider once in a rotated order; the ratio
 nn.RNN / provider is taken per round, and a row reports its median and 20th percentile. Where `auto` runs native
 (asserted through ``select.record_paths`` and the bit-for-bit check, in that mode) it is not timed: it is nn.RNN's
-kernel. The verdict of a timed row: median ratio ≥ 1.0 and 20th-percentile ratio ≥ 0.95 ("≥ nn.RNN"), else
+kernel. auto's path is asked again at the timed T before timing (the policy looks at T, rule 7, so the check's
+shorter call may go the other way): the row reports that call's path and reason, and a native one is asserted bit
+for bit there too. The verdict of a timed row: median ratio ≥ 1.0 and 20th-percentile ratio ≥ 0.95 ("≥ nn.RNN"), else
 "slower".
 """
 
@@ -289,6 +291,7 @@ class Runner:
         fns: dict[str, Callable[[], object]] = {}
         envs: dict[str, Callable[[], contextlib.AbstractContextManager]] = {}
         order: list[str] = []
+        base_model = next((m for q, m, _ in checked if q.kind == "baseline"), None)
         for p, model, check in checked:
             heur = p.heuristic_tier(case, self.device)
             row = Row(case, mode, p.name, check.status if check.status != "baseline" else "ok", check=check,
@@ -302,10 +305,16 @@ class Runner:
             if p.name in self.cfg.untimed:
                 row.note = "checked, not timed in this preset"
                 continue
-            d = check.paths.get(mode) if p.kind == "auto" else None
+            d = None
+            if p.kind == "auto":
+                with p.environment():
+                    d, why, problem = self._auto_at_timed_T(case, mode, model, base_model)
+                if problem:
+                    row.status, row.note = "FAILED", problem
+                    continue
             if d is not None:
                 row.path, row.path_rule = _path_name(d), d.rule
-                row.path_reason = check.why.get(mode, d.reason)
+                row.path_reason = why or d.reason
                 if d.native:
                     row.verdict = "native"
                     row.note = "ran native (nn.RNN's kernel): path asserted, not timed"
@@ -429,6 +438,39 @@ class Runner:
                         f"fused_rnn.explain says {e.name} in {mode}, but the call ran {_path_name(d)}"))
                 why[mode] = e.summary
         return model, Check("ok", errs, tol, first_call_s=first, paths=paths, first_calls=first_calls, why=why)
+
+    def _auto_at_timed_T(self, case: Case, mode: str, model: nn.Module, base_model: nn.Module | None
+                         ) -> tuple[object | None, str, str]:
+        """auto's path for the timed call -- at the case's T, not check_T: the policy looks at T (rule 7, short
+        sequences), so the check's shorter call may take another path -- with fused_rnn.explain's reason for that
+        call, and, where the path is native, the call asserted bit for bit against nn.RNN at that T (the check
+        asserted it only at check_T). Returns (decision, reason, problem); problem "" when all is well."""
+        import fused_rnn
+        from fused_rnn.backends.select import record_paths
+
+        g = torch.Generator(device=self.device).manual_seed(11)
+        dt = case.torch_dtype
+        x = torch.randn(case.T, case.B, case.H, generator=g, device=self.device).to(dt)
+        grads = None
+        if mode == "fwd+bwd":
+            grads = (torch.randn(case.T, case.B, case.directions * case.H, generator=g, device=self.device).to(dt),
+                     torch.randn(case.layers * case.directions, case.B, case.H, generator=g,
+                                 device=self.device).to(dt))
+        with record_paths() as log:
+            got = run_once(model, x, grads)
+        if not log:
+            return None, "", f"auto recorded no path in {mode} at T={case.T} (select.record_paths saw no forward)"
+        d = log[-1]
+        with torch.set_grad_enabled(mode == "fwd+bwd"):
+            e = fused_rnn.explain(model, x.detach().requires_grad_(mode == "fwd+bwd"))
+        if (e.path, e.tier) != (d.path, d.tier):
+            return d, "", f"fused_rnn.explain says {e.name} in {mode} at T={case.T}, but the call ran {_path_name(d)}"
+        if d.native and base_model is not None:
+            diff = differs(got, run_once(base_model, x, grads))
+            if diff:
+                return d, e.summary, (f"ran native in {mode} at T={case.T} but differs from nn.RNN in the same dtype: "
+                                      f"{', '.join(diff)}")
+        return d, e.summary, ""
 
     def _timed_fn(self, model: nn.Module, case: Case, mode: str) -> Callable[[], object]:
         """The timed call: forward (no grad) or forward + gradients of x and every parameter through the loss

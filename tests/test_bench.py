@@ -661,6 +661,36 @@ def test_auto_rows_native_asserted_fused_timed(monkeypatch):
     assert "auto → native" in md and "=1 (native)" in md and "native for the test" in md
 
 
+@pytest.mark.parametrize("native_when_short", [True, False],
+                         ids=["check-native-timed-fused", "check-fused-timed-native"])
+def test_auto_row_follows_the_path_at_the_timed_T(monkeypatch, native_when_short: bool):
+    """The policy looks at T (rule 7), and the check runs at check_T < T: the row must report, and time or assert,
+    the path of the timed call. A T-dependent stand-in policy sends T < 8 one way and T >= 8 the other; check_T = 4,
+    T = 16 -- so the check's call and the timed call take different paths, either way round."""
+    from fused_rnn import policy
+    from fused_rnn.backends import select
+
+    def fake(device_type, dtype, B, H, layers, directions, training, fused, isa, threads, capability, fused_tf32,
+             cudnn_tf32, T=None):
+        short = T is not None and T < 8  # select passes T = None from rule 7's floor on (one cache entry)
+        if short == native_when_short:
+            return policy.Decision("native", "", "test-native", "native for the test")
+        return policy.Decision("reference", "", "test-fused", "fused for the test")
+
+    monkeypatch.setattr(select, "_decide_cached", fake)
+    runner = Runner(torch.device("cpu"), [Provider("nn.RNN", "baseline"), Provider("auto", "auto", backend="auto")],
+                    PRESET_CONFIG["tiny"])
+    runner.run_case(Case(T=16, B=2, H=5, check_T=4))
+    by = {(r.provider, r.mode): r for r in runner.rows}
+    for mode in ("fwd", "fwd+bwd"):
+        r = by[("auto", mode)]
+        assert r.status == "ok", r.note
+        if native_when_short:  # the timed call (T = 16) runs fused although the check's (T = 4) ran native: timed
+            assert (r.path, r.path_rule) == ("reference", "test-fused") and r.timing is not None
+        else:  # the timed call runs native although the check's ran fused: asserted bit for bit, not timed
+            assert (r.path, r.path_rule, r.verdict, r.timing) == ("native", "test-native", "native", None)
+
+
 def test_summary_and_verdict_rule():
     from bench.runner import Row, verdict
 
