@@ -510,3 +510,12 @@ def test_fp32_summation_error_does_not_grow_with_h(isa_name: str, H: int) -> Non
     Yr, _ = reference.forward(P, h0, w, None, False, "relu")
     err, err_ref = (Y.double() - exact).abs().max().item(), (Yr.double() - exact).abs().max().item()
     assert err <= 2 * err_ref, f"{isa_name}: kernel error {err:.3g} vs torch's {err_ref:.3g}"
+
+
+def test_forward_into_rejects_p_sharing_memory_with_its_inputs() -> None:
+    """Y is written over P while h0 and w_hh are read: an h0 or w_hh inside P's memory is a clear error."""
+    P, _, w, _, _, _ = _inputs(6, 4, 4, torch.float32, "none")
+    with pytest.raises(RuntimeError, match="refer to a single memory location"):
+        cpu_backend.forward_into(P, P[0], w, None, False, "tanh")
+    with pytest.raises(RuntimeError, match="refer to a single memory location"):
+        cpu_backend.forward_into(P, torch.zeros(4, 4), P[1], None, False, "tanh")

@@ -43,6 +43,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -771,7 +772,12 @@ std::tuple<at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& P, const at::Tensor
   const int64_t T_ = P.size(0), B = P.size(1), H = P.size(2);
   const auto L = checked_lengths("elman_fwd", lengths, T_);
   const auto st = P.scalar_type();
-  TORCH_CHECK(!in_place || P.is_contiguous(), "fused_rnn.cpu_elman_fwd_inplace: P must be contiguous");
+  if (in_place) {
+    TORCH_CHECK(P.is_contiguous(), "fused_rnn.cpu_elman_fwd_inplace: P must be contiguous");
+    // Y is written over P while h0 and w_hh are read: they must not share its memory
+    at::assert_no_overlap(P, h0);
+    at::assert_no_overlap(P, w_hh);
+  }
   if (B == 0 || H == 0) {
     if (in_place) return {P, at::zeros({B, H}, P.options())};  // nothing to write: P has no elements
     return {at::zeros({T_, B, H}, P.options()), at::zeros({B, H}, P.options())};
