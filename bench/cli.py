@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description="Benchmark fused_rnn against torch.nn.RNN.")
     p.add_argument("--preset", choices=PRESETS, default="quick",
                    help="tiny (tests, seconds), quick (default, ≤ 3 min on a 2-core CPU), grid (the CPU map the "
-                        "auto policy is generated from, ≤ 10 min on 2 cores), gpu (≤ 60 s on an H100), full")
+                        "auto policy is generated from, ~12 min on 2 cores), gpu (≤ 60 s on an H100), full")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--backends", nargs="+", default=None, metavar="NAME",
                    help="only these providers (nn.RNN is always kept): "
