@@ -136,7 +136,6 @@ class Check:
     message: str = ""
     first_call_s: float = 0.0  # wall time of the first (checking) call: torch.compile's compile time lives here
     paths: dict[str, object] = field(default_factory=dict)  # mode -> policy.Decision of auto's call in that mode
-    why: dict[str, str] = field(default_factory=dict)  # mode -> fused_rnn.explain(...).summary of auto's call
     first_calls: dict[str, float] = field(default_factory=dict)  # mode -> wall time of its first call (compile)
 
     @property
@@ -420,24 +419,18 @@ class Runner:
                     if diff:
                         return None, Check("FAILED", errs, tol, first_call_s=first, paths=paths, message=(
                             f"ran native in {mode} but differs from nn.RNN in the same dtype: {', '.join(diff)}"))
-        why: dict[str, str] = {}
         if p.kind == "auto":
             missing = [m for m in case.modes if m not in paths]
             if missing:
                 return None, Check("ERROR", errs, tol, first_call_s=first, message=(
                     f"auto recorded no path in {', '.join(missing)} (select.record_paths saw no forward)"))
-            # The reason beside each auto row is fused_rnn.explain's (one source of the wording), asked for the same
-            # call in the same mode -- and it must name the path the call took.
-            import fused_rnn
-
+            # fused_rnn.explain, asked for the same call in the same mode, must name the path the call took (the
+            # row's reason is asked again at the timed T: _auto_at_timed_T)
             for mode, d in paths.items():
-                with torch.set_grad_enabled(mode == "fwd+bwd"):
-                    e = fused_rnn.explain(model, x.detach().requires_grad_(mode == "fwd+bwd"))
-                if (e.path, e.tier) != (d.path, d.tier):
-                    return None, Check("ERROR", errs, tol, first_call_s=first, message=(
-                        f"fused_rnn.explain says {e.name} in {mode}, but the call ran {_path_name(d)}"))
-                why[mode] = e.summary
-        return model, Check("ok", errs, tol, first_call_s=first, paths=paths, first_calls=first_calls, why=why)
+                _, problem = _explain_call(model, x, mode, d)
+                if problem:
+                    return None, Check("ERROR", errs, tol, first_call_s=first, message=problem)
+        return model, Check("ok", errs, tol, first_call_s=first, paths=paths, first_calls=first_calls)
 
     def _auto_at_timed_T(self, case: Case, mode: str, model: nn.Module, base_model: nn.Module | None
                          ) -> tuple[object | None, str, str]:
@@ -445,7 +438,6 @@ class Runner:
         sequences), so the check's shorter call may take another path -- with fused_rnn.explain's reason for that
         call, and, where the path is native, the call asserted bit for bit against nn.RNN at that T (the check
         asserted it only at check_T). Returns (decision, reason, problem); problem "" when all is well."""
-        import fused_rnn
         from fused_rnn.backends.select import record_paths
 
         g = torch.Generator(device=self.device).manual_seed(11)
@@ -461,16 +453,15 @@ class Runner:
         if not log:
             return None, "", f"auto recorded no path in {mode} at T={case.T} (select.record_paths saw no forward)"
         d = log[-1]
-        with torch.set_grad_enabled(mode == "fwd+bwd"):
-            e = fused_rnn.explain(model, x.detach().requires_grad_(mode == "fwd+bwd"))
-        if (e.path, e.tier) != (d.path, d.tier):
-            return d, "", f"fused_rnn.explain says {e.name} in {mode} at T={case.T}, but the call ran {_path_name(d)}"
+        why, problem = _explain_call(model, x, mode, d)
+        if problem:
+            return d, "", problem
         if d.native and base_model is not None:
             diff = differs(got, run_once(base_model, x, grads))
             if diff:
-                return d, e.summary, (f"ran native in {mode} at T={case.T} but differs from nn.RNN in the same dtype: "
-                                      f"{', '.join(diff)}")
-        return d, e.summary, ""
+                return d, why, (f"ran native in {mode} at T={case.T} but differs from nn.RNN in the same dtype: "
+                                f"{', '.join(diff)}")
+        return d, why, ""
 
     def _timed_fn(self, model: nn.Module, case: Case, mode: str) -> Callable[[], object]:
         """The timed call: forward (no grad) or forward + gradients of x and every parameter through the loss
@@ -497,6 +488,19 @@ class Runner:
             out, h_n = model(xs[i])
             return torch.autograd.grad((out, h_n), [xs[i]] + params, (dy, dh))
         return fn_bwd
+
+
+def _explain_call(model: nn.Module, x: Tensor, mode: str, d) -> tuple[str, str]:
+    """fused_rnn.explain for auto's call on x [T, B, H] in ``mode``, against the path it took (policy.Decision ``d``):
+    (explain's one-line reason -- the wording beside each auto row --, problem); problem "" when explain names
+    that path."""
+    import fused_rnn
+
+    with torch.set_grad_enabled(mode == "fwd+bwd"):
+        e = fused_rnn.explain(model, x.detach().requires_grad_(mode == "fwd+bwd"))
+    if (e.path, e.tier) != (d.path, d.tier):
+        return "", f"fused_rnn.explain says {e.name} in {mode} at T={x.shape[0]}, but the call ran {_path_name(d)}"
+    return e.summary, ""
 
 
 def verdict(ratios: list[float]) -> tuple[float, float, str]:
