@@ -51,7 +51,7 @@ timings. A measurement never calls into the tuner (its calls name their path), s
 entry's event is set in a ``finally``, so an error in a measurement (it is reported once as a warning, and the static
 policy stands for that key) never leaves waiters hanging.
 
-**Cost.** The first call of each key pays the measurement: measured on a 2-core AMD EPYC (Zen 4, shared, load 2-8),
+**Cost.** The first call of each key pays the measurement: measured on a 2-core AMD EPYC (Zen 5, shared, load 2-8),
 torch 2.14.1, 2026-12-01 -- see README.md ("What does auto do?") for the figures. Paths differ by rounding: the fused
 and native paths are not bitwise equal (each equals its own reference), so turning autotuning on can change results
 in the last bits, and two processes (e.g. DDP ranks) may pick different paths for the same shape.

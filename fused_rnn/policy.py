@@ -65,7 +65,7 @@ import torch
 MARGIN = (1.3, 1.25)
 STRONG_MARGIN = (2.0, 1.75)
 
-# Rule 7. Whole module, fused cpu vs native, medians of 9 interleaved rounds, 2-core AMD EPYC Zen 4 VM (AVX-512 +
+# Rule 7. Whole module, fused cpu vs native, medians of 9 interleaved rounds, 2-core AMD EPYC Zen 5 VM (AVX-512 +
 # BF16), 2 threads, quiet, 2026-12-01 -- ratio nn.RNN / fused at T = 1, 2, 4, 8, 16, 64:
 #   inference  B=1  H=64   0.71 0.79 0.94 1.15 1.55 3.20    B=1  H=256  0.67 0.74 0.94 1.25 1.60 2.68
 #              B=4  H=64   0.74 0.82 1.01 1.33 2.06 4.31    B=16 H=256  0.74 0.83 1.12 1.36 1.89 1.93
@@ -89,7 +89,7 @@ GPU_MARGIN = 2.0  # rule 1 on CUDA: committed figures beat native by >= 2x count
 
 # ISA classes (cpu_isa): ordered from most to least capable; "other" has no table and always runs native.
 # "avx512_bf16": AVX-512 with the BF16 dot product (vdpbf16ps) but no AMX -- the fused bf16 kernels run about 2x
-# faster than on plain AVX-512 (their avx512bf16 set, 2026-12-01, Zen 4), while nn.RNN's are unchanged, so a bf16
+# faster than on plain AVX-512 (their avx512bf16 set, 2026-12-01, Zen 5), while nn.RNN's are unchanged, so a bf16
 # ratio measured on one does not hold on the other.
 ISA_CLASSES: tuple[str, ...] = ("avx512_amx", "avx512_bf16", "avx512", "avx2", "other")
 # Classes whose half-precision speed differs from the rest on one side: AMX (nn.RNN's oneDNN GEMMs) or the fused

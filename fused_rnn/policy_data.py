@@ -14,9 +14,9 @@ CPU_TABLES: tuple[dict, ...] = (
     {
         'isa': 'avx512_bf16',
         'threads': 2,
-        'machine': 'AMD EPYC Zen4 2-core VM',
+        'machine': 'AMD EPYC Zen5 2-core VM',
         'date': '2026-12-01',
-        'run_file': 'bench/results/cpu-grid-AMD-EPYC-Zen4-2-core-VM-avx512_bf16-2t-2026-12-01.json',
+        'run_file': 'bench/results/cpu-grid-AMD-EPYC-Zen5-2-core-VM-avx512_bf16-2t-2026-12-01.json',
         'preliminary': False,
         'note': (
             'quiet (nothing else of ours running), default environment, 2 threads; after the '

@@ -39,7 +39,7 @@ def grad_w_hh(dA: Tensor, Y: Tensor, h0: Tensor, lengths: Tensor | None, reverse
     step (t = 0 forward, t = L_b − 1 reverse), plus the shifted term over T−1 steps, dA[1:]ᵀ Y[:-1] (forward) or
     dA[:-1]ᵀ Y[1:] (reverse). Exact in the contract's terms: dA is 0 at padded steps, and Y is 0 there, so the
     shifted term pairs no padded state with a valid dA. Building S cost a [T, B, H] allocation and copy: 15 ms of a
-    334 ms fwd+bwd at T2800 B16 H256 fp32 (2-core AMD EPYC Zen 4, 2 threads, 2026-12-01).
+    334 ms fwd+bwd at T2800 B16 H256 fp32 (2-core AMD EPYC Zen 5, 2 threads, 2026-12-01).
     """
     T, B, H = Y.shape
     if T == 0:

@@ -57,12 +57,50 @@ def test_tiny_plot_written(tiny_run):
     assert (out / report.PNG_NAME).stat().st_size > 1000
 
 
+# /proc/cpuinfo excerpts (first CPU block, then a second block that must be ignored). The family/model pairs are
+# AMD's published cpuid values: 25/1 EPYC Milan (Zen 3), 25/17 EPYC Genoa (Zen 4), 26/2 this VM (Zen 5, reported
+# as model name "AMD EPYC" only), 23/49 EPYC Rome (Zen 2), and an Intel Sapphire Rapids (6/143, AMX).
+_CPUINFO = """processor\t: 0
+vendor_id\t: {vendor}
+cpu family\t: {family}
+model\t\t: {model}
+model name\t: {name}
+stepping\t: 1
+flags\t\t: fpu sse2 avx2 fma {flags}
+
+processor\t: 1
+vendor_id\t: GenuineNotThisOne
+cpu family\t: 99
+"""
+
+
+@pytest.mark.parametrize("vendor,family,model,flags,core", [
+    ("AuthenticAMD", 25, 1, "", "Zen 3"),
+    ("AuthenticAMD", 25, 17, "avx512f avx512_bf16", "Zen 4"),
+    ("AuthenticAMD", 25, 97, "avx512f", "Zen 4"),
+    ("AuthenticAMD", 26, 2, "avx512f avx512_bf16 avx_vnni", "Zen 5"),
+    ("AuthenticAMD", 23, 49, "", "Zen/Zen+/Zen 2"),
+    ("GenuineIntel", 6, 143, "avx512f avx512_bf16 avx512_fp16 amx_tile amx_bf16", None),
+], ids=["zen3", "zen4-genoa", "zen4-raphael", "zen5", "zen2", "intel-spr"])
+def test_cpu_identity_names_the_machine_from_family_and_model(vendor, family, model, flags, core):
+    info = report.cpu_identity(_CPUINFO.format(vendor=vendor, family=family, model=model, name="X", flags=flags))
+    assert (info["vendor"], info["family"], info["model"], info["stepping"]) == (vendor, family, model, 1)
+    assert info["core"] == core
+    assert info["flags"] == ["avx2", "fma"] + [f for f in report._CPU_FLAGS if f in flags.split()]
+
+
+def test_cpu_identity_tolerates_missing_fields():
+    info = report.cpu_identity("processor\t: 0\nmodel name\t: something\n")
+    assert info["family"] is None and info["core"] is None and info["flags"] == []
+    assert info["model_name"] == "something"
+
+
 def test_tiny_json_environment_and_checks(tiny_run):
     proc, out = tiny_run
     data = json.loads((out / report.JSON_NAME).read_text())
     env = data["env"]
     for key in ("device_name", "torch", "cuda", "cudnn", "triton", "git_commit", "date_utc", "tf32_default",
-                "available_backends", "cpu_threads"):
+                "available_backends", "cpu_threads", "cpu"):
         assert key in env, key
     assert env["torch"] == torch.__version__
     assert env["device"] == "cpu"

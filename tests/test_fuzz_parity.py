@@ -22,7 +22,7 @@ parameter (loss Σ output·w_out + Σ h_n·w_h, both outputs' gradient paths), d
 second call on the same modules with a new T and B under no_grad (caches keyed on the first call's shapes, the
 inference path). ``test_draws_cover_the_space`` proves the seeds reach every value of every axis.
 
-Longer hunts: ``FUSED_RNN_FUZZ_SEEDS=3000`` (~50 s per 1500 seeds at one thread). Measured 2026-12-01 (2-core Zen 4,
+Longer hunts: ``FUSED_RNN_FUZZ_SEEDS=3000`` (~50 s per 1500 seeds at one thread). Measured 2026-12-01 (2-core Zen 5,
 one thread): seeds 0-2999 all pass but s462 (fp32, backend "cpu", H=1031, 2 layers, bidirectional): output error
 1.94e-6 against a bound of 1.89e-6. Not a Python-layer bug: the C++ CPU kernel accumulates every matvec output in k
 order in one fp32 lane (deterministic across paths and threads, csrc/cpu/elman_cpu_kernels.inc), which costs ~3×

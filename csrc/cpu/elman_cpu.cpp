@@ -20,7 +20,7 @@
 // vs the fp64 oracle was 0.50 of the bound 2 × reference error + 2 eps (2026-12-01); tests/test_cpu_bf16.py checks
 // the kernel itself. The fp32 alternative (W_hh widened to fp32, fp32 FMA) runs at the fp32 kernels' speed, half of
 // vdpbf16ps's.
-// Speed, this 2-core AMD EPYC (Zen 4, AVX512-BF16, no AMX), one thread, thread CPU time, medians of 3 alternating
+// Speed, this 2-core AMD EPYC (Zen 5, AVX512-BF16, no AMX), one thread, thread CPU time, medians of 3 alternating
 // processes × 7 rounds, machine shared (load average 20-37), 2026-12-01, µs per step, before (fp32 kernels on
 // converted data) -> avx512bf16, forward / backward:
 //   B=1  H=256:   3.4 -> 1.5 /   3.1 -> 1.4       B=1  H=1024:  95 -> 29  /  66 -> 28
@@ -430,7 +430,7 @@ int64_t usable_threads() {
 // ---- the automatic choice -------------------------------------------------------------------------------------
 // Never the per-step BLAS path: the own kernels keep results independent of the thread count, and they match or
 // beat MKL's per-step GEMM. Single thread, µs per step, own kernel forward (tanh included) / backward vs at::addmm
-// (the GEMM nn.RNN runs per step), GMAC/s in brackets -- this 2-core AMD EPYC (Zen 4), AVX-512 build (FMA), thread
+// (the GEMM nn.RNN runs per step), GMAC/s in brackets -- this 2-core AMD EPYC (Zen 5), AVX-512 build (FMA), thread
 // CPU time (immune to the other processes of this shared machine, not to their cache use), 2026-12-01:
 //   B=1   H=256:     3.0 /   2.8 (21.9) vs   8.1 ( 8.1)    B=1   H=1024:  85 /  71 (12.3) vs  86 (12.2)
 //   B=4   H=1024:   114 /  98 (36.8) vs  361 (11.6)       B=16  H=256:   23 /  21 (45.5) vs  41 (25.8)
@@ -845,7 +845,7 @@ std::tuple<at::Tensor, at::Tensor> elman_fwd_cpu(const at::Tensor& P, const at::
 
 // cpu_elman_fwd_inplace: elman_fwd writing Y into P (contiguous) and returning h_n. For a caller whose P is a
 // temporary nobody else reads (the layer's own input projection): it saves the [T, B, H] allocation of Y, whose
-// first touch is page faults -- 11-15 ms for 46 MB on the 2-core AMD EPYC Zen 4 VM, against a 105 ms forward at
+// first touch is page faults -- 11-15 ms for 46 MB on the 2-core AMD EPYC Zen 5 VM, against a 105 ms forward at
 // T2800 B16 H256 fp32, 2 threads (2026-12-01). fused_rnn/recurrence.py calls it only in eager mode.
 at::Tensor elman_fwd_inplace_cpu(const at::Tensor& P, const at::Tensor& h0, const at::Tensor& w_hh,
                                  const c10::optional<at::Tensor>& lengths, bool reverse, c10::string_view nonlinearity) {
