@@ -41,56 +41,10 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-# AMD's x86 family numbers (cpuid, as /proc/cpuinfo prints them in decimal) -> core generation. The model name of a
-# cloud VM is often just "AMD EPYC", which let a Zen 5 (family 26) be written up as Zen 4 for three stops; the
-# family and model say which it is. Family 25 holds both Zen 3 and Zen 4, told apart by model range.
-_AMD_ZEN4_MODELS = (range(0x10, 0x20), range(0x60, 0x80), range(0xA0, 0xB0))
-# The flags that decide which CPU kernels and which of torch's kernels run (fused_rnn.policy.cpu_isa's classes and
-# oneDNN's AMX/FP16 paths), recorded as found.
-_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16",
-              "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
-
-
-def cpu_identity(cpuinfo: str) -> dict:
-    """/proc/cpuinfo's text -> {vendor, family, model, stepping, model_name, core, flags} of its first CPU.
-
-    ``core`` names AMD's generation from the family and model (None where this table does not know it, e.g. Intel,
-    whose model numbers do not map to a generation simply); ``flags`` lists which of ``_CPU_FLAGS`` are present.
-    """
-    first = cpuinfo.split("\n\n", 1)[0]
-    fields: dict[str, str] = {}
-    for line in first.splitlines():
-        if ":" in line:
-            k, v = line.split(":", 1)
-            fields.setdefault(k.strip(), v.strip())
-
-    def num(key: str) -> int | None:
-        try:
-            return int(fields[key])
-        except (KeyError, ValueError):
-            return None
-
-    vendor, family, model = fields.get("vendor_id"), num("cpu family"), num("model")
-    core = None
-    if vendor == "AuthenticAMD" and family is not None and model is not None:
-        if family == 23:
-            core = "Zen/Zen+/Zen 2"
-        elif family == 25:
-            core = "Zen 4" if any(model in r for r in _AMD_ZEN4_MODELS) else "Zen 3"
-        elif family == 26:
-            core = "Zen 5"
-    present = set(fields.get("flags", "").split())
-    return {"vendor": vendor, "family": family, "model": model, "stepping": num("stepping"),
-            "model_name": fields.get("model name"), "core": core,
-            "flags": [f for f in _CPU_FLAGS if f in present]}
-
-
 def _cpu_identity() -> dict | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return cpu_identity(f.read())
-    except OSError:
-        return None
+    from fused_rnn._config import read_cpu_identity
+
+    return read_cpu_identity()
 
 
 def environment(device: torch.device, preset: str, provider_notes: list[str]) -> dict:

@@ -24,6 +24,7 @@ from bench.floor import floor_us_per_step, model_flops  # noqa: E402
 from bench.providers import Provider, discover  # noqa: E402
 from bench.runner import Runner  # noqa: E402
 from fused_rnn import _ext, policy  # noqa: E402
+from fused_rnn._config import _CPU_FLAGS, cpu_identity  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -83,14 +84,14 @@ cpu family\t: 99
     ("GenuineIntel", 6, 143, "avx512f avx512_bf16 avx512_fp16 amx_tile amx_bf16", None),
 ], ids=["zen3", "zen4-genoa", "zen4-raphael", "zen5", "zen2", "intel-spr"])
 def test_cpu_identity_names_the_machine_from_family_and_model(vendor, family, model, flags, core):
-    info = report.cpu_identity(_CPUINFO.format(vendor=vendor, family=family, model=model, name="X", flags=flags))
+    info = cpu_identity(_CPUINFO.format(vendor=vendor, family=family, model=model, name="X", flags=flags))
     assert (info["vendor"], info["family"], info["model"], info["stepping"]) == (vendor, family, model, 1)
     assert info["core"] == core
-    assert info["flags"] == ["avx2", "fma"] + [f for f in report._CPU_FLAGS if f in flags.split()]
+    assert info["flags"] == ["avx2", "fma"] + [f for f in _CPU_FLAGS if f in flags.split()]
 
 
 def test_cpu_identity_tolerates_missing_fields():
-    info = report.cpu_identity("processor\t: 0\nmodel name\t: something\n")
+    info = cpu_identity("processor\t: 0\nmodel name\t: something\n")
     assert info["family"] is None and info["core"] is None and info["flags"] == []
     assert info["model_name"] == "something"
 
