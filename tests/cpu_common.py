@@ -57,6 +57,17 @@ def bf16_isa_missing() -> str | None:
     return f"the CPU lacks {', '.join(missing)} (/proc/cpuinfo)" if missing else None
 
 
+def amx_missing() -> str | None:
+    """Why this machine cannot run the "avx512amx" variant (the bf16 matvec on AMX tiles), or None when /proc/cpuinfo
+    lists AMX-TILE and AMX-BF16 on top of the avx512bf16 flags -- then the build must have it and the OS must grant
+    the tile state (Linux lists the amx flags only where it supports them)."""
+    why = bf16_isa_missing()
+    if why is not None:
+        return why
+    missing = sorted({"amx_tile", "amx_bf16"} - (cpu_flags() or frozenset()))
+    return f"the CPU lacks {', '.join(missing)} (/proc/cpuinfo)" if missing else None
+
+
 def built() -> bool:
     return "cpu" in fused_rnn.available_backends()
 

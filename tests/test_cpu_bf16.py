@@ -3,32 +3,50 @@ in the same dtype by DESIGN.md's tolerance rule (error vs the fp64 oracle <= 2 x
 dtype, plus a floor of 2 eps).
 
 Variants: "avx512bf16" runs the bf16 forward and backward with vdpbf16ps on bf16 data (W_hh packed in bf16 pairs; the
-backward multiplies the stored bf16 dA_t, its carry stays fp32); "generic", "avx2" and "avx512" run bf16 (and every
-variant runs fp16) on the fp32 kernels with the state rounded to the storage dtype each step. A variant this
-machine lacks is skipped with the flag it misses (tests/cpu_common.py reads /proc/cpuinfo: where the CPU lists the
-flags, the variant must be built, or the test fails). Shapes: T time, B batch, H hidden.
+backward multiplies the stored bf16 dA_t, its carry stays fp32); "avx512amx" runs the same with the matvec on AMX
+tiles (tdpbf16ps), and "avx512amx_emu" the AMX code with the tile instructions emulated in software (any AVX512-BF16
+CPU: the tiles' indexing, configuration, K tails and scattered rows are tested where no AMX exists); "generic",
+"avx2" and "avx512" run bf16 (and every variant runs fp16) on the fp32 kernels with the state rounded to the storage
+dtype each step. A variant this machine lacks is skipped with the flag it misses (tests/cpu_common.py reads
+/proc/cpuinfo: where the CPU lists the flags, the variant must be built, or the test fails). "avx512amx" has not yet
+run on AMX hardware, so where the CPU has AMX its tests run in a child process (test_avx512amx_in_a_child_process):
+a fault fails that test with the child's output instead of killing the session. Shapes: T time, B batch, H hidden.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from cpu_common import ISAS, bf16_isa_missing, built, contract_inputs, forced, last_run, num_threads
+from cpu_common import ISAS, amx_missing, bf16_isa_missing, built, contract_inputs, forced, last_run, num_threads
 
 from fused_rnn.backends import cpu as cpu_backend
 from fused_rnn.backends import reference
 
 pytestmark = pytest.mark.skipif(not built(), reason="the C++ CPU backend is not built")
 
-ALL_VARIANTS = ("generic", "avx2", "avx512", "avx512bf16")
+ALL_VARIANTS = ("generic", "avx2", "avx512", "avx512bf16", "avx512amx_emu", "avx512amx")
+# the sets with bf16-native kernels (their fp16 is avx512's, on converted data)
+BF16_NATIVE = ("avx512bf16", "avx512amx_emu", "avx512amx")
+AMX_CHILD_ENV = "FUSED_RNN_TEST_AMX_CHILD"  # set in the child process that runs the avx512amx tests
 
 
 def _variant(name: str) -> str:
     """Skips (saying which variant and why) where this CPU cannot run `name`."""
-    if name == "avx512bf16":
+    if name in ("avx512bf16", "avx512amx_emu"):
         why = bf16_isa_missing()
         if why is not None:
-            pytest.skip(f"variant avx512bf16 (vdpbf16ps bf16 forward) not tested: {why}")
+            pytest.skip(f"variant {name} (bf16 kernels on AVX512-BF16) not tested: {why}")
+    elif name == "avx512amx":
+        why = amx_missing()
+        if why is not None:
+            pytest.skip(f"variant avx512amx (bf16 matvec on AMX tiles) not tested: {why}")
+        if os.environ.get(AMX_CHILD_ENV) != "1":
+            pytest.skip("variant avx512amx runs in a child process: see test_avx512amx_in_a_child_process")
     elif name not in ISAS:
         pytest.skip(f"variant {name} not tested: the CPU lacks its instruction set (/proc/cpuinfo)")
     return name
@@ -51,12 +69,14 @@ CASES = [
     (12, 3, 99, True, True, "tanh"),
     (6, 13, 130, True, True, "relu"),
     (8, 8, 64, False, False, "tanh"),
+    (4, 17, 33, True, False, "tanh"),  # two row tiles of an AMX matvec (9 + 8 rows), a 1-value K tail
+    (3, 35, 70, False, True, "relu"),  # three (12 + 12 + 11)
 ]
 IDS = [f"T{T}-B{B}-H{H}{'-len' if lk else ''}{'-rev' if rv else ''}-{a}" for T, B, H, lk, rv, a in CASES]
 
 
-# fp16 on avx512bf16 runs avx512's kernels on converted data (the same code as variant avx512): not generated.
-LOW_PRECISION = [(dt, v) for dt in ("bf16", "fp16") for v in ALL_VARIANTS if (dt, v) != ("fp16", "avx512bf16")]
+# fp16 on the bf16-native sets runs avx512's kernels on converted data (the same code as variant avx512): not generated.
+LOW_PRECISION = [(dt, v) for dt in ("bf16", "fp16") for v in ALL_VARIANTS if dt == "bf16" or v not in BF16_NATIVE]
 
 
 @pytest.mark.parametrize("threads", [1, 2], ids=["1t", "2t"])
@@ -92,15 +112,17 @@ def test_low_precision_every_variant(dkey: str, variant: str, threads: int) -> N
                 assert not Y[pad].any() and not dA[pad].any(), f"{tag}: padded steps not 0"
 
 
+@pytest.mark.parametrize("variant", BF16_NATIVE)
 @pytest.mark.parametrize("T,B,H,lengths,reverse,act", [
     pytest.param(6, 13, 200, True, False, "tanh", id="T6-B13-H200-len-tanh"),
     pytest.param(5, 1, 333, False, True, "relu", id="T5-B1-H333-rev-relu"),
 ])
 def test_bf16_bitwise_every_path_and_thread_count(T: int, B: int, H: int, lengths: bool, reverse: bool,
-                                                 act: str) -> None:
-    """The vdpbf16ps forward and backward give the same bits serially on one thread, and with the hidden and the
-    batch split on 1 and 2 threads (every output is the same instruction sequence whichever worker computes it)."""
-    _variant("avx512bf16")
+                                                 act: str, variant: str) -> None:
+    """The bf16-native forward and backward give the same bits serially on one thread, and with the hidden and the
+    batch split on 1 and 2 threads (every output is the same instruction sequence whichever worker computes it, and
+    an AMX row tile's rows do not depend on which other rows share the tile)."""
+    _variant(variant)
     P, h0, w, L, dY, dh = _inputs(T, B, H, torch.bfloat16, lengths, seed=7)
 
     def run() -> tuple[tuple[torch.Tensor, ...], list[dict[str, str]]]:
@@ -109,7 +131,7 @@ def test_bf16_bitwise_every_path_and_thread_count(T: int, B: int, H: int, length
         dA, dh0 = cpu_backend.backward(dY, dh, Y, w, L, reverse, act)
         return (Y, hn, dA, dh0), ran + [last_run()]
 
-    with num_threads(1), forced(isa="avx512bf16", path="serial"):
+    with num_threads(1), forced(isa=variant, path="serial"):
         want, _ = run()
     ran_threads = set()
     for threads in (1, 2):
@@ -117,9 +139,9 @@ def test_bf16_bitwise_every_path_and_thread_count(T: int, B: int, H: int, length
             for path in ("serial", "hidden", "batch"):
                 # a few tries on 2 threads: on a loaded machine a worker that starts late is left out by design
                 for _ in range(20 if threads == 2 else 1):
-                    with forced(isa="avx512bf16", path=path):
+                    with forced(isa=variant, path=path):
                         got, ran = run()
-                    assert all(r["isa"] == "avx512bf16" for r in ran), ran
+                    assert all(r["isa"] == variant for r in ran), ran
                     ran_threads |= {r["threads"] for r in ran}
                     for name, a, b in zip(("Y", "h_n", "dA", "dh0"), got, want, strict=True):
                         assert torch.equal(a, b), f"{name}: {path} on {threads} threads ({ran}) differs from serial"
@@ -129,29 +151,31 @@ def test_bf16_bitwise_every_path_and_thread_count(T: int, B: int, H: int, length
     assert "2" in ran_threads, ran_threads
 
 
-def test_bf16_forward_is_the_reference_on_exact_sums() -> None:
-    """Where every partial sum is exact in fp32 (small integers times powers of two), the vdpbf16ps forward must
-    equal the reference bit for bit: a wrong pair order, a dropped odd k or a misplaced column shows as a wrong
+@pytest.mark.parametrize("variant", BF16_NATIVE)
+def test_bf16_forward_is_the_reference_on_exact_sums(variant: str) -> None:
+    """Where every partial sum is exact in fp32 (small integers times powers of two), the bf16-native forward must
+    equal the reference bit for bit: a wrong pair order, a dropped odd k, a misplaced column or tile shows as a wrong
     value, not as a rounding difference. relu keeps the values exact (no tanh)."""
-    _variant("avx512bf16")
+    _variant(variant)
     g = torch.Generator().manual_seed(3)
     T, B, H = 3, 7, 131
     w = (torch.randint(-3, 4, (H, H), generator=g) / 64.0).bfloat16()
     P = (torch.randint(-8, 9, (T, B, H), generator=g) / 8.0).bfloat16()
     h0 = (torch.randint(0, 5, (B, H), generator=g) / 4.0).bfloat16()
-    with forced(isa="avx512bf16"):
+    with forced(isa=variant):
         Y, hn = cpu_backend.forward(P, h0, w, None, False, "relu")
-        assert last_run()["isa"] == "avx512bf16"
+        assert last_run()["isa"] == variant
     Y_ref, hn_ref = reference.forward(P, h0, w, None, False, "relu")
     assert torch.equal(Y, Y_ref) and torch.equal(hn, hn_ref)
 
 
-def test_bf16_nan_stays_in_its_row() -> None:
+@pytest.mark.parametrize("variant", BF16_NATIVE)
+def test_bf16_nan_stays_in_its_row(variant: str) -> None:
     """A NaN in one batch row of P stays in that row (and reaches all its later states); the other rows are finite."""
-    _variant("avx512bf16")
+    _variant(variant)
     P, h0, w, _, _, _ = _inputs(4, 8, 70, torch.bfloat16, False, seed=9)
     P[1, 3, 5] = float("nan")
-    with forced(isa="avx512bf16"):
+    with forced(isa=variant):
         Y, hn = cpu_backend.forward(P, h0, w, None, False, "tanh")
     assert torch.isnan(Y[1, 3, 5]) and torch.isnan(Y[2:, 3]).all() and torch.isnan(hn[3]).all()
     others = [b for b in range(8) if b != 3]
@@ -167,3 +191,36 @@ def test_variant_is_built_where_the_cpu_has_it(variant: str) -> None:
         P, h0, w, _, _, _ = _inputs(3, 2, 5, torch.bfloat16, False, seed=1)
         cpu_backend.forward(P, h0, w, None, False, "tanh")
         assert last_run()["isa"] == variant
+
+
+def test_avx512amx_in_a_child_process() -> None:
+    """Where the CPU has AMX, every avx512amx test of this file, in a child process: the tile kernels have passed in
+    emulation (variant avx512amx_emu) but not yet on AMX hardware, and a fault there (say the OS's tile permission
+    misread) must fail this test with the child's output rather than end the session. The child must pass them all
+    and skip none."""
+    why = amx_missing()
+    if why is not None:
+        pytest.skip(f"variant avx512amx (bf16 matvec on AMX tiles) not tested: {why}")
+    here = Path(__file__).resolve()
+    env = dict(os.environ, **{AMX_CHILD_ENV: "1"})
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(here),
+                        "-k", "avx512amx and not emu and not child_process"],
+                       cwd=here.parent.parent, env=env, capture_output=True, text=True, timeout=1200)
+    out = f"exit {r.returncode}\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
+    assert r.returncode == 0, out
+    assert " passed" in r.stdout and " skipped" not in r.stdout, out
+
+
+def test_avx512amx_request_says_why_not() -> None:
+    """Asking for avx512amx where it cannot run is an error that names the reason; where the CPU has AMX the request
+    succeeds (in the child process, with the OS's tile permission granted)."""
+    why = amx_missing()
+    if why is None:
+        if os.environ.get(AMX_CHILD_ENV) != "1":
+            pytest.skip("this CPU has AMX: the request runs in test_avx512amx_in_a_child_process")
+        with forced(isa="avx512amx"):
+            assert torch.ops.fused_rnn.cpu_isa("") == "avx512amx"
+        return
+    with pytest.raises(RuntimeError, match="cannot run avx512amx: .+"):
+        torch.ops.fused_rnn.cpu_isa("avx512amx")
+    assert torch.ops.fused_rnn.cpu_isa("") != "avx512amx"

@@ -27,8 +27,9 @@
 //   B=4  H=512:  23.9 -> 12.4 / 22.7 -> 11.3      B=16 H=256:  30.7 -> 14.1 / 26.7 -> 11.0
 //   B=16 H=1024:  389 -> 206 /  502 -> 189        B=64 H=512:   401 -> 214 /  384 -> 192
 // fp16 has no such instruction here (no AVX512-FP16): it runs the fp32 kernels on converted data, with the
-// per-step rounding vectorised (F16C) instead of a scalar c10::Half conversion; AMX (tdpbf16ps) is not built (see
-// docs/design.md, "CPU bf16/fp16").
+// per-step rounding vectorised (F16C) instead of a scalar c10::Half conversion. AMX (tdpbf16ps, set "avx512amx",
+// elman_cpu_avx512amx.cpp) is built and forced only: no AMX machine has run it yet, so best_kernels() never returns
+// it (docs/design.md, "CPU bf16/fp16").
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -41,6 +42,12 @@
 #include <tuple>
 #include <type_traits>
 #include <vector>
+
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64))
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
@@ -288,6 +295,39 @@ bool cpu_has_avx512bf16() {
 #endif
 }
 
+// AMX for the bf16 tiles: "" when this process can run the avx512amx set, else why not. Three conditions: cpuid
+// leaf 7 lists AMX-TILE and AMX-BF16 (on top of avx512bf16's flags); the OS enables the tile state in XCR0 (bits 17
+// TILECFG, 18 TILEDATA); and Linux (>= 5.16) grants this process the large tile data state on request
+// (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)) -- without the grant the first tile instruction raises
+// SIGILL. The request is process-wide and made once, by the first caller, before any worker uses a tile.
+std::string amx_unavailable() {
+#if defined(FUSED_RNN_CPU_AMX) && defined(__linux__)
+  static const std::string why = []() -> std::string {
+    if (!cpu_has_avx512bf16()) return "no AVX512-BF16 (or no AVX-512 F/BW/VL/DQ)";
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0) return "cpuid has no leaf 7";
+    if (((d >> 24) & 1u) == 0 || ((d >> 22) & 1u) == 0) return "no AMX-TILE / AMX-BF16 (cpuid leaf 7)";
+    if (__get_cpuid(1, &a, &b, &c, &d) == 0 || ((c >> 27) & 1u) == 0) return "no OSXSAVE";
+    unsigned lo = 0, hi = 0;
+    __asm__ __volatile__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if (((lo >> 17) & 3u) != 3u) return "the OS does not enable the AMX tile state (XCR0 bits 17-18)";
+    constexpr long kGetPerm = 0x1022, kReqPerm = 0x1023;  // ARCH_GET_XCOMP_PERM, ARCH_REQ_XCOMP_PERM
+    constexpr long kXtileData = 18;                       // XFEATURE_XTILEDATA
+    if (syscall(SYS_arch_prctl, kReqPerm, kXtileData) != 0) {
+      return "the OS refused the AMX tile data state (arch_prctl(ARCH_REQ_XCOMP_PERM) failed)";
+    }
+    unsigned long perm = 0;
+    if (syscall(SYS_arch_prctl, kGetPerm, &perm) != 0 || ((perm >> kXtileData) & 1ul) == 0) {
+      return "the AMX tile data permission is not set after the request (arch_prctl(ARCH_GET_XCOMP_PERM))";
+    }
+    return "";
+  }();
+  return why;
+#else
+  return "this build has no AMX kernels (needs GCC >= 11 on x86-64 Linux)";
+#endif
+}
+
 // The best set this CPU runs, capped by ATEN_CPU_CAPABILITY when set (torch's own switch, read once: "default"
 // -> generic, "avx2" -> at most AVX2), so one variable moves torch's kernels and these together.
 const KernelTable* best_kernels() {
@@ -313,8 +353,8 @@ std::atomic<const KernelTable*>& active_kernels() {
   return k;
 }
 
-// Test hook: "" -> the active kernel set's name; "auto" | "generic" | "avx2" | "avx512" | "avx512bf16" -> switch
-// (error if this CPU or build cannot run it) and return the new name. Lets the tests run every variant the CPU has.
+// Test hook: "" -> the active kernel set's name; "auto" | "generic" | "avx2" | "avx512" | "avx512bf16" | "avx512amx"
+// | "avx512amx_emu" -> switch (error if this CPU or build cannot run it) and return the new name. Lets the tests run every variant the CPU has.
 std::string cpu_isa_op(const std::string& request) {
   if (request.empty()) return active_kernels().load()->name;
   const KernelTable* k = nullptr;
@@ -343,9 +383,23 @@ std::string cpu_isa_op(const std::string& request) {
 #else
     TORCH_CHECK(false, "fused_rnn.cpu_isa: this build has no AVX512-BF16 kernels");
 #endif
+  } else if (request == "avx512amx") {
+    // Never chosen by "auto": no AMX machine has run it yet (README, status table).
+    const std::string why = amx_unavailable();
+    TORCH_CHECK(why.empty(), "fused_rnn.cpu_isa: cannot run avx512amx: ", why);
+#if defined(FUSED_RNN_CPU_AMX)
+    k = &avx512amx_kernels();
+#endif
+  } else if (request == "avx512amx_emu") {
+#if defined(FUSED_RNN_CPU_AVX512BF16)
+    TORCH_CHECK(cpu_has_avx512bf16(), "fused_rnn.cpu_isa: this CPU has no AVX512-BF16 (or no AVX-512 F/BW/VL/DQ)");
+    k = &avx512amx_emu_kernels();
+#else
+    TORCH_CHECK(false, "fused_rnn.cpu_isa: this build has no AVX512-BF16 kernels");
+#endif
   } else {
     TORCH_CHECK(false, "fused_rnn.cpu_isa: unknown instruction set '", request,
-                "' (auto, generic, avx2, avx512, avx512bf16)");
+                "' (auto, generic, avx2, avx512, avx512bf16, avx512amx, avx512amx_emu)");
   }
   active_kernels().store(k);
   return k->name;

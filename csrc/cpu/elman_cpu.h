@@ -1,6 +1,7 @@
 // The CPU recurrence kernels' interface: raw-pointer loops, no ATen, compiled once per instruction set
 // (elman_cpu_generic.cpp: baseline x86-64 / any CPU; elman_cpu_avx2.cpp: AVX2 + FMA; elman_cpu_avx512.cpp: AVX-512
-// F/BW/VL/DQ; elman_cpu_avx512bf16.cpp: the bf16 kernels for AVX512-BF16) and picked at run time by
+// F/BW/VL/DQ; elman_cpu_avx512bf16.cpp: the bf16 kernels for AVX512-BF16; elman_cpu_avx512amx.cpp: the same on
+// AMX tiles, and elman_cpu_avx512amx_emu.cpp with the tiles emulated) and picked at run time by
 // elman_cpu.cpp. Shapes: T time, B batch, H hidden; every array is contiguous,
 // time-major.
 #pragma once
@@ -14,6 +15,9 @@
 #define FUSED_RNN_CPU_AVX512 1
 #if __GNUC__ >= 10
 #define FUSED_RNN_CPU_AVX512BF16 1
+#endif
+#if __GNUC__ >= 11  // the AMX tile intrinsics (elman_cpu_avx512amx.cpp)
+#define FUSED_RNN_CPU_AMX 1
 #endif
 #endif
 
@@ -122,9 +126,13 @@ struct KernelTable {
   void (*bwd_bf16)(const BwdArgsBf16&, const Work&);
 };
 
-// bf16 values in one packed forward panel set: npanels · NW · 2·ceil(H/2).
+// k pairs per packed bf16 panel: ceil(H/2) rounded up to 16, the rows beyond ceil(H/2) zero. The padding lets an AMX
+// tile (16 k pairs) load the last pairs of a panel without reading into the next one; vdpbf16ps reads ceil(H/2).
+inline int64_t bf16_panel_pairs(int64_t H) { return ((H + 1) / 2 + 15) / 16 * 16; }
+
+// bf16 values in one packed panel set: npanels · NW · 2 · bf16_panel_pairs(H).
 inline int64_t bf16_packed_values(int64_t npanels, int64_t NW, int64_t H) {
-  return npanels * NW * 2 * ((H + 1) / 2);
+  return npanels * NW * 2 * bf16_panel_pairs(H);
 }
 
 const KernelTable& generic_kernels();
@@ -137,6 +145,12 @@ const KernelTable& avx512_kernels();
 #if defined(FUSED_RNN_CPU_AVX512BF16)
 // avx512_kernels() plus the AVX512-BF16 bf16 forward (the fp32/fp64 entries are avx512's).
 const KernelTable& avx512bf16_kernels();
+// The same with the bf16 matvec on tiles emulated in software: a test hook (any AVX512-BF16 CPU).
+const KernelTable& avx512amx_emu_kernels();
+#endif
+#if defined(FUSED_RNN_CPU_AMX)
+// avx512bf16_kernels() with the bf16 matvec on AMX tiles (tdpbf16ps).
+const KernelTable& avx512amx_kernels();
 #endif
 
 }  // namespace cpu
