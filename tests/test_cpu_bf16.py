@@ -224,3 +224,53 @@ def test_avx512amx_request_says_why_not() -> None:
     with pytest.raises(RuntimeError, match="cannot run avx512amx: .+"):
         torch.ops.fused_rnn.cpu_isa("avx512amx")
     assert torch.ops.fused_rnn.cpu_isa("") != "avx512amx"
+
+
+_ASAN_CHILD = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from cpu_common import contract_inputs, last_run
+from fused_rnn.backends import cpu as cpu_backend
+torch.set_num_threads(2)
+assert torch.ops.fused_rnn.cpu_isa("avx512amx_emu") == "avx512amx_emu"
+ran = set()
+for i, (T, B, H, lk, rv, act) in enumerate({cases!r}):
+    for path in ("serial", "hidden", "batch"):
+        torch.ops.fused_rnn.cpu_path(path)
+        P, h0, w, L, dY, dh = contract_inputs(T, B, H, i, lk, torch.bfloat16)
+        Y, hn = cpu_backend.forward(P, h0, w, L, rv, act)
+        ran.add(last_run()["isa"])
+        dA, dh0 = cpu_backend.backward(dY, dh, Y, w, L, rv, act)
+        ran.add(last_run()["isa"])
+print("ran", sorted(ran))
+"""
+
+
+def test_avx512amx_emu_reads_no_byte_outside_its_buffers() -> None:
+    """The emulated tile loads read exactly the bytes the hardware's would (rows x colsb from base + r·stride), so
+    under AddressSanitizer (libasan preloaded into a child Python: torch's tensors come from malloc, the emulation's
+    copies go through the memcpy interceptor) a tile that reads past a state row, a panel or an output fails here --
+    e.g. loading the K tail straight from the rows, which a mutation run showed as a heap-buffer-overflow. Shapes at
+    the edges: H 1, 17, 33 (tails of 1..31 values), 130 (a 2-column last panel), B 1 / 17 / 35 (1-3 row tiles),
+    lengths and reverse (scattered rows), on every path at 2 threads."""
+    why = bf16_isa_missing()
+    if why is not None:
+        pytest.skip(f"variant avx512amx_emu not tested: {why}")
+    try:
+        asan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True,
+                              timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        pytest.skip(f"no gcc to find libasan: {e}")
+    if not os.path.isabs(asan) or not os.path.exists(asan):
+        pytest.skip("gcc has no libasan.so here (AddressSanitizer run not possible)")
+    cases = [(3, 1, 1, False, True, "tanh"), (4, 5, 17, True, False, "relu"), (3, 17, 33, True, True, "tanh"),
+             (3, 35, 130, False, False, "tanh"), (2, 3, 300, True, False, "relu")]
+    tests_dir = Path(__file__).resolve().parent
+    code = _ASAN_CHILD.format(tests=str(tests_dir), cases=cases)
+    env = dict(os.environ, LD_PRELOAD=asan, ASAN_OPTIONS="detect_leaks=0:halt_on_error=1")
+    env["PYTHONPATH"] = os.pathsep.join([str(tests_dir.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tests_dir.parent, env=env, capture_output=True, text=True,
+                       timeout=600)
+    out = f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    assert r.returncode == 0 and "AddressSanitizer" not in r.stderr, out
+    assert "ran ['avx512amx_emu']" in r.stdout, out
