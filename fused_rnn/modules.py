@@ -256,6 +256,12 @@ class RNN(nn.RNNBase):
             if _resolve_name(backend, input.device.type)[0] == NATIVE:
                 return _TRACED_NATIVE
             return _TracedFused(backend)
+        if torch.jit.is_tracing() and _resolve_name(backend, input.device.type)[2]:
+            # torch.jit.trace records one path for every later call: `auto` records PyTorch's own op, as nn.RNN's
+            # trace does. The policy is not asked there: its first ISA query, a custom op, was recorded and failed
+            # the trace ("ArrayRef: invalid index Index = 0; Length = 0"), it saw traced sizes (tensors), and its
+            # training/inference split differs between jit.trace's run and its check run (under no_grad).
+            return _TRACED_NATIVE
         training = _grad_needed(self, input, hx)
         tuner = None
         if tune and _autotune.enabled():
