@@ -28,6 +28,7 @@ setting are fixed when the graph is traced (select.resolve).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -170,6 +171,12 @@ class RNN(nn.RNNBase):
         is_batched, max_batch_size = call.is_batched, call.B
         num_directions = 2 if self.bidirectional else 1
         batch_dim = 0 if self.batch_first else 1
+        if not path.native and not onnx_export and not tracing() and not _fused_can_run(self, call, amp_dtype):
+            # What nn.RNN's op rejects with its own error (a parameter replaced by one of another shape, dtype or
+            # device, or set to None; input on another device than the parameters; a malformed PackedSequence), or
+            # handles where the fused backends cannot (complex dtypes): nn.RNN's op runs instead, so the error,
+            # or the result, is nn.RNN's own. (Eager only: traced graphs keep the fused stack and its errors.)
+            path = _NATIVE_FALLBACK
 
         if path.native and not onnx_export:  # (an ONNX export runs the layer-level op below, forced native too)
             # nn.RNN's order: zeros in the input's own dtype, the module's checks, then the op, which autocast
@@ -249,6 +256,12 @@ class RNN(nn.RNNBase):
             if _resolve_name(backend, input.device.type)[0] == NATIVE:
                 return _TRACED_NATIVE
             return _TracedFused(backend)
+        if torch.jit.is_tracing() and _resolve_name(backend, input.device.type)[2]:
+            # torch.jit.trace records one path for every later call: `auto` records PyTorch's own op, as nn.RNN's
+            # trace does. The policy is not asked there: its first ISA query, a custom op, was recorded and failed
+            # the trace ("ArrayRef: invalid index Index = 0; Length = 0"), it saw traced sizes (tensors), and its
+            # training/inference split differs between jit.trace's run and its check run (under no_grad).
+            return _TRACED_NATIVE
         training = _grad_needed(self, input, hx)
         tuner = None
         if tune and _autotune.enabled():
@@ -436,6 +449,64 @@ class _TracedNative:
 
 
 _TRACED_NATIVE = _TracedNative()
+_NATIVE_FALLBACK = _TracedNative()  # a fused path's call that only nn.RNN's op handles as nn.RNN does (_fused_can_run)
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=64)
+def _parameter_shapes(input_size: int, hidden_size: int, num_layers: int, directions: int, bias: bool
+                      ) -> tuple[tuple[int, ...], ...]:
+    """nn.RNN's parameter shapes in its flat order (``_flat_weights_names``): w_ih, w_hh[, b_ih, b_hh] per layer
+    and direction."""
+    shapes: list[tuple[int, ...]] = []
+    for layer in range(num_layers):
+        in_size = input_size if layer == 0 else directions * hidden_size
+        for _ in range(directions):
+            shapes += [(hidden_size, in_size), (hidden_size, hidden_size)]
+            if bias:
+                shapes += [(hidden_size,), (hidden_size,)]
+    return tuple(shapes)
+
+
+def _fused_can_run(module: RNN, call: _Call, amp_dtype: torch.dtype | None) -> bool:
+    """Whether the fused stack computes this call as nn.RNN would: the parameters as nn.RNN lays them out (each a
+    tensor of nn.RNN's shape, on the input's device, in its dtype -- any floating dtype under autocast, which casts
+    them), a compute dtype the fused backends have (not complex), and for a PackedSequence, batch_sizes nn.RNN's op
+    accepts for its data (int64, 1-D, on the CPU, non-increasing, not summing past the data); under autocast, an hx
+    that autocast casts to the input's compute dtype. Reads metadata only, plus the batch_sizes (on the host).
+    Eager mode only (RNN._run): not asked while torch.compile / torch.export trace."""
+    input = call.input  # noqa: A001 (nn.RNN's name)
+    dtype = compute_dtype_of(input, amp_dtype)
+    if dtype not in _FUSED_DTYPES:
+        return False
+    if amp_dtype is not None and call.hx is not None and compute_dtype_of(call.hx, amp_dtype) != dtype:
+        return False  # e.g. an fp64 hx, which autocast leaves as it is (outside autocast _check_hx names it)
+    names = module._flat_weights_names
+    shapes = _parameter_shapes(module.input_size, module.hidden_size, module.num_layers,
+                               2 if module.bidirectional else 1, bool(module.bias))
+    if len(names) != len(shapes):
+        return False
+    device, in_dtype = input.device, input.dtype
+    params = module._parameters
+    for name, shape in zip(names, shapes):
+        w = params.get(name)
+        if w is None:  # not a registered parameter (a parametrization's property, a plain attribute) or None
+            w = getattr(module, name, None)
+            if not isinstance(w, Tensor):
+                return False
+        if w.shape != shape or w.device != device:
+            return False
+        if (w.dtype != in_dtype) if amp_dtype is None else not w.is_floating_point():
+            return False
+    bs = call.batch_sizes
+    if bs is not None:
+        if bs.dtype != torch.int64 or bs.dim() != 1 or bs.device.type != "cpu":
+            return False
+        if bs.numel() > 1 and bool((bs[1:] > bs[:-1]).any()):
+            return False
+        if int(bs.sum()) > input.size(0):
+            return False
+    return True
 
 
 def _grad_needed(module: nn.Module, input: Tensor, hx: Tensor | None) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fused_rnn
 from fused_rnn.backends import select
@@ -139,6 +139,89 @@ def test_packed_hidden_batch_error_matches_nn_rnn() -> None:
 def test_packed_input_size_error_matches_nn_rnn() -> None:
     theirs, ours = _pair()
     packed = pack_padded_sequence(_x(5, 3, I + 1), torch.tensor([5, 4, 2]))
+    assert_same_error(lambda: theirs(packed), lambda: ours(packed))
+
+
+def _set(name: str, value: Callable[[], Any]) -> Callable[[nn.Module], None]:
+    """Replace parameter ``name``'s data (or, for a non-tensor ``value``, the attribute itself) after construction."""
+    def mutate(m: nn.Module) -> None:
+        v = value()
+        if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter) and v.device.type != "meta":
+            getattr(m, name).data = v
+        else:
+            setattr(m, name, v)
+    return mutate
+
+
+# A parameter changed after construction, or the module moved, so that nn.RNN's op rejects the call (with its own
+# error) or handles it in its own way: the fused paths hand such calls to nn.RNN's op (modules._fused_can_run), so
+# the error -- or the result -- is nn.RNN's. Before, the fused paths raised other errors (w_hh's shape, dtype), or
+# accepted what nn.RNN rejects (a bias set to None, a float32 b_hh in a float64 module, a [H, H, 1] w_hh, W_ih on
+# another device: a result on the meta device), or dropped the imaginary part of complex parameters (reference).
+F64 = dict(dtype=torch.float64)
+PARAM_CASES: dict[str, Callable[[nn.Module], None]] = {
+    "w_hh_wrong_shape": _set("weight_hh_l0", lambda: torch.ones(H, H + 1, **F64)),
+    "w_hh_transposed_shape": _set("weight_hh_l0", lambda: torch.ones(H + 1, H, **F64)),
+    "w_hh_3d": _set("weight_hh_l0", lambda: torch.ones(H, H, 1, **F64) / H),
+    "w_hh_flat": _set("weight_hh_l0", lambda: torch.ones(H * H, **F64)),
+    "w_ih_wrong_shape": _set("weight_ih_l0", lambda: torch.ones(H, I + 1, **F64)),
+    "b_ih_wrong_size": _set("bias_ih_l0", lambda: torch.ones(H + 1, **F64)),
+    "b_hh_column": _set("bias_hh_l0", lambda: torch.ones(H, 1, **F64)),
+    "b_hh_broadcast": _set("bias_hh_l0", lambda: torch.full((1,), 0.25, **F64)),  # nn.RNN accepts it
+    "w_hh_float32": _set("weight_hh_l0", lambda: torch.full((H, H), 0.1)),
+    "b_hh_float32": _set("bias_hh_l0", lambda: torch.full((H,), 0.1)),
+    "b_ih_none": _set("bias_ih_l0", lambda: None),
+    "w_ih_on_meta": _set("weight_ih_l0", lambda: nn.Parameter(torch.empty(H, I, device="meta", **F64))),
+    "module_on_meta": lambda m: m.to("meta"),
+    "complex": lambda m: m.to(torch.complex128),  # nn.RNN runs complex modules (and the input is cast below)
+}
+
+
+@pytest.mark.filterwarnings("ignore:Complex modules are a new feature")
+@pytest.mark.parametrize("case", list(PARAM_CASES))
+def test_replaced_parameter_matches_nn_rnn(cpu_backend: str, case: str) -> None:
+    theirs = nn.RNN(I, H, num_layers=2, **F64)
+    ours = fused_rnn.RNN(I, H, num_layers=2, backend=cpu_backend, **F64)
+    ours.load_state_dict(theirs.state_dict())
+    for m in (theirs, ours):
+        PARAM_CASES[case](m)
+    x = _x(4, 2, I).to(theirs.weight_hh_l1.dtype)
+    assert_same_error(lambda: theirs(x), lambda: ours(x), must_raise=False)
+    if outcome(lambda: theirs(x)) is None:
+        for a, b in zip(theirs(x), ours(x)):
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_fp64_hx_under_autocast_matches_nn_rnn(cpu_backend: str, amp_dtype: torch.dtype) -> None:
+    """Autocast leaves an fp64 hx as it is: nn.RNN's op then fails on the dtypes; the reference backend used to
+    accept it (type promotion), the cpu backend raised its own message."""
+    theirs = nn.RNN(I, H)
+    ours = fused_rnn.RNN(I, H, backend=cpu_backend)
+    ours.load_state_dict(theirs.state_dict())
+    x, hx = torch.randn(4, 2, I), torch.randn(1, 2, H, dtype=torch.float64)
+
+    def call(m: nn.Module):
+        with torch.autocast("cpu", dtype=amp_dtype):
+            return m(x, hx)
+
+    assert_same_error(lambda: call(theirs), lambda: call(ours))
+
+
+# A PackedSequence built by hand with batch_sizes nn.RNN's op rejects: its error, from every backend.
+BAD_PACKED = {
+    "batch_sizes_int32": (5, [2, 2, 1], torch.int32),
+    "batch_sizes_increasing": (5, [1, 2, 2], torch.int64),
+    "batch_sizes_past_the_data": (4, [2, 2, 1], torch.int64),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PACKED))
+def test_malformed_packed_sequence_matches_nn_rnn(cpu_backend: str, case: str) -> None:
+    rows, sizes, dtype = BAD_PACKED[case]
+    theirs, ours = _pair()
+    ours.backend = cpu_backend
+    packed = PackedSequence(_x(rows, I), torch.tensor(sizes, dtype=dtype), None, None)
     assert_same_error(lambda: theirs(packed), lambda: ours(packed))
 
 

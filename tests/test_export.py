@@ -21,6 +21,8 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fused_rnn
+from fused_rnn import policy
+from fused_rnn.backends import select
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,3 +157,34 @@ def test_readme_python_snippet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     with torch.inference_mode():
         torch.testing.assert_close(server(x), model(x), rtol=0, atol=0)
         torch.testing.assert_close(server(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("backend", ["auto", "native", "reference", "cpu"])
+@pytest.mark.parametrize("shape", [(5, 2), (64, 4)], ids=["H5-B2", "H64-B4"])
+def test_jit_trace_matches_nn_rnn(backend: str, shape: tuple[int, int], grad: bool, warm: bool) -> None:
+    """torch.jit.trace, which nn.RNN supports: the traced module replays at another T with nn.RNN's results.
+
+    `auto` failed the trace when the policy's first decision was taken inside it: on an AVX-512 CPU the policy's
+    ISA query (a custom op) was recorded -- "ArrayRef: invalid index Index = 0; Length = 0". Under jit.trace `auto`
+    records PyTorch's own op, as nn.RNN's trace does, without asking the policy.
+    """
+    if backend not in fused_rnn.available_backends() + ["auto", "native"]:
+        pytest.skip(f"backend {backend!r} is not available here")
+    H, B = shape
+    model = fused_rnn.RNN(H, H, backend=backend)
+    model.requires_grad_(grad)
+    if warm:  # eager calls first, as in a real program
+        with torch.no_grad():
+            model(torch.randn(12, B, H))
+        model(torch.randn(12, B, H))
+    else:  # the policy's first decision (and its first ISA query) is taken while tracing
+        policy.cpu_isa.cache_clear()
+        select._decide_cached.cache_clear()
+    traced = torch.jit.trace(model, torch.randn(12, B, H))
+    if backend in ("auto", "native"):
+        assert "aten::rnn_tanh" in {n.kind() for n in traced.graph.nodes()}
+    x = torch.randn(7, B, H)
+    for got, want in zip(traced(x), _nn_rnn(model)(x)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
