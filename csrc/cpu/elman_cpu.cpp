@@ -721,7 +721,7 @@ void bwd_blas(const at::Tensor& dYc, const at::Tensor& dhc, const at::Tensor& Yc
         if (act == 0) {
           for (int64_t j = 0; j < H; ++j) db[j] = (T(1) - yb[j] * yb[j]) * (gb[j] + cb[j]);
         } else {
-          for (int64_t j = 0; j < H; ++j) db[j] = (yb[j] <= T(0) ? T(0) : T(1)) * (gb[j] + cb[j]);
+          for (int64_t j = 0; j < H; ++j) db[j] = yb[j] <= T(0) ? T(0) : gb[j] + cb[j];  // act_grad's select
         }
         std::memcpy(dAp + off, db, H * sizeof(T));
       }

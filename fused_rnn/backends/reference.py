@@ -34,13 +34,17 @@ def activation(a: Tensor, nonlinearity: str) -> Tensor:
     return torch.tanh(a) if nonlinearity == "tanh" else torch.relu(a)
 
 
-def activation_grad_from_output(h: Tensor, nonlinearity: str) -> Tensor:
-    """f'(a) expressed through h = f(a) [*]: 1 - h² for tanh, [not h <= 0] for relu.
+def activation_backward(h: Tensor, g: Tensor, nonlinearity: str) -> Tensor:
+    """f'(a) · g expressed through h = f(a) [*]: (1 - h²) · g for tanh; for relu torch's own relu backward
+    (threshold_backward, and so nn.RNN's), the select ``h <= 0 ? 0 : g``.
 
-    relu is written ``not (h <= 0)`` rather than ``h > 0`` so that a NaN state passes the gradient through, as
-    torch's relu backward (threshold_backward: ``h <= 0 ? 0 : g``) and so nn.RNN do; ``h > 0`` would zero it.
+    relu is a select, not g times a 0/1 factor: a dead unit (h = 0) gets 0 even where g is inf or NaN, as in nn.RNN
+    (0 · inf = NaN would poison every gradient, e.g. under ``output.sqrt()``, whose derivative at 0 is inf). And it
+    tests ``h <= 0`` rather than ``h > 0``, so that a NaN state passes the gradient through, as torch does.
     """
-    return 1.0 - h * h if nonlinearity == "tanh" else (h <= 0).logical_not().to(h.dtype)
+    if nonlinearity == "tanh":
+        return (1.0 - h * h) * g
+    return torch.where(h <= 0, torch.zeros((), dtype=g.dtype, device=g.device), g)
 
 
 def _order(T: int, reverse: bool) -> range:
@@ -128,7 +132,7 @@ def backward(
     dA = torch.zeros_like(Y)
     for t in reversed(_order(T, reverse)):  # walk the order backwards
         g = dY[t].to(acc) + carry
-        da = activation_grad_from_output(Y[t].to(acc), nonlinearity) * g
+        da = activation_backward(Y[t].to(acc), g, nonlinearity)
         if lengths is None:
             dA[t] = da.to(Y.dtype)
             carry = da @ w
