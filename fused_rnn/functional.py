@@ -25,6 +25,34 @@ def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor 
     return F.linear(x, w_ih, bias)
 
 
+class ProjectionRecompute:
+    """``input_projection(x, w_ih, b_ih, b_hh)`` [T, B, H] once more, for ElmanRecurrence's backward after an in-place
+    edit of its output. Created per layer-direction (references only); ``arm()``, called by the forward only when a
+    graph is being recorded, notes their versions, and a call raises autograd's in-place error if one of them has
+    been edited since, else computes P in the autocast state it is given (the forward's: the same dtype and values).
+    Holds the tensors themselves (x and w_ih are held by the projection's own backward anyway; none of them can
+    reach the recurrence's graph node, so no reference cycle)."""
+
+    __slots__ = ("_args", "_versions")
+
+    def __init__(self, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> None:
+        self._args = (x, w_ih, b_ih, b_hh)
+        self._versions: tuple[int, ...] = ()
+
+    def arm(self) -> None:
+        self._versions = tuple(0 if t is None else t._version for t in self._args)
+
+    def __call__(self, dev: str, amp: bool, amp_dtype: torch.dtype | None) -> Tensor:
+        for t, v, name in zip(self._args, self._versions, ("the layer input", "w_ih", "b_ih", "b_hh")):
+            if t is not None and t._version != v:
+                raise RuntimeError(
+                    f"one of the variables needed for gradient computation has been modified by an inplace "
+                    f"operation: {name} of a fused_rnn layer is at version {t._version}; expected version {v} "
+                    f"instead.")
+        with torch.no_grad(), torch.autocast(dev, dtype=amp_dtype, enabled=amp):
+            return input_projection(*self._args).contiguous()
+
+
 def elman_layer(
     x: Tensor,
     h0: Tensor,
@@ -57,7 +85,7 @@ def elman_layer(
     P = input_projection(x, w_ih, b_ih, b_hh).contiguous()
     choice = resolve(backend, P.device, H, B, P.dtype)
     return recurrence(P, h0, w_hh, lengths, reverse, nonlinearity, choice.backend, choice.tier, _tf32_setting(),
-                      consume_p=True)
+                      consume_p=True, recompute_p=ProjectionRecompute(x, w_ih, b_ih, b_hh))
 
 
 @_lazy_compile.assume_constant_result

@@ -7,6 +7,8 @@ It is once-differentiable: double backward raises a clear error instead of silen
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -60,12 +62,21 @@ def grad_w_hh(dA: Tensor, Y: Tensor, h0: Tensor, lengths: Tensor | None, reverse
 
 
 class ElmanRecurrence(torch.autograd.Function):
-    """(P [T,B,H], h0 [B,H], w_hh [H,H], lengths [B] | None, ..., consume_p) -> (Y [T,B,H], h_n [B,H])."""
+    """(P [T,B,H], h0 [B,H], w_hh [H,H], lengths [B] | None, ..., consume_p, recompute_p) -> (Y [T,B,H], h_n [B,H]).
+
+    Y is both an output and what the backward needs (saved, not copied: a copy of [T, B, H] cost ~10% of a training
+    step at T2800 B16 H256). nn.RNN's output is a fresh tensor its backward does not read, so code written for it may
+    edit the output in place before backward (``out += residual``, ``relu_``). Given ``recompute_p`` (the layer's
+    input projection, as a closure), an edited Y is detected in the backward by its version counter and recomputed
+    from P (the same backend and tier: the same values), so such code runs as with nn.RNN; without it, autograd's
+    in-place error is raised. Eager mode, no saved-tensor hooks active (a checkpoint or offload hook must see every
+    saved tensor): otherwise the plain save, and autograd's error.
+    """
 
     @staticmethod
     def forward(ctx, P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse: bool,
                 nonlinearity: str, backend: str, tier: str, allow_tf32: bool,
-                consume_p: bool = False) -> tuple[Tensor, Tensor]:
+                consume_p: bool = False, recompute_p: Callable[..., Tensor] | None = None) -> tuple[Tensor, Tensor]:
         h0 = h0.contiguous()
         w_hh = w_hh.contiguous()
         T, B, H = P.shape
@@ -85,6 +96,13 @@ class ElmanRecurrence(torch.autograd.Function):
         else:
             Y, h_n = mod.forward(P.contiguous(), h0, w_hh, lengths, reverse, nonlinearity, tier, allow_tf32)
         ctx.save_for_backward(Y, h0, w_hh, lengths)
+        ctx.recovery = None
+        if (recompute_p is not None and any(ctx.needs_input_grad) and not torch.compiler.is_compiling()
+                and not torch.jit.is_tracing() and _no_saved_tensor_hooks()):
+            arm = getattr(recompute_p, "arm", None)
+            if arm is not None:
+                arm()
+            ctx.recovery = _Recovery(recompute_p, Y, h0, w_hh, lengths)
         ctx.reverse = reverse
         ctx.nonlinearity = nonlinearity
         ctx.backend = backend
@@ -101,7 +119,7 @@ class ElmanRecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dY: Tensor, dh_n: Tensor):
-        """dY [T,B,H], dh_n [B,H] -> (dP = dA [T,B,H], dh0 [B,H], dW_hh [H,H], None × 7)."""
+        """dY [T,B,H], dh_n [B,H] -> (dP = dA [T,B,H], dh0 [B,H], dW_hh [H,H], None × 8)."""
         grads = _backward(ctx, dY, dh_n)
         if torch.is_grad_enabled():
             # create_graph=True: no second derivative exists here. once_differentiable would only guard the
@@ -110,6 +128,53 @@ class ElmanRecurrence(torch.autograd.Function):
             # ran without error). Tie every gradient to a node whose backward raises instead.
             grads = _guard_double_backward(grads)
         return grads
+
+
+def _no_saved_tensor_hooks() -> bool:
+    """True when no saved-tensor hooks (torch.utils.checkpoint, autograd.graph.save_on_cpu, ...) are active."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top is not None and top(False) is None
+
+
+class _Recovery:
+    """What ElmanRecurrence's backward needs when its output Y was edited in place after the forward: the layer's
+    input projection (``recompute_p(device type, autocast on, autocast dtype) -> P [T, B, H]``, e.g.
+    functional.ProjectionRecompute), a detached alias of Y (it shares Y's version counter; the output itself would
+    make a reference cycle through this node), h0 and w_hh, their versions, and the forward's autocast state (the
+    reference backend's matmuls and the projection ran under it). ~2 µs per layer-direction, training only."""
+
+    __slots__ = ("recompute_p", "y", "versions", "h0", "w_hh", "lengths", "dev", "amp", "amp_dtype")
+
+    def __init__(self, recompute_p: Callable[..., Tensor], Y: Tensor, h0: Tensor, w_hh: Tensor,
+                 lengths: Tensor | None) -> None:
+        self.recompute_p = recompute_p
+        self.y = Y.detach()
+        self.versions = (Y._version, h0._version, w_hh._version)
+        self.h0, self.w_hh, self.lengths = h0, w_hh, lengths
+        self.dev = Y.device.type
+        self.amp = torch.is_autocast_enabled(self.dev)
+        self.amp_dtype = torch.get_autocast_dtype(self.dev) if self.amp else None
+
+    def y_edited(self) -> bool:
+        return self.y._version != self.versions[0]
+
+    def recompute(self, ctx) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """(Y [T,B,H] as the forward computed it, h0, w_hh, lengths). h0 and w_hh edited in place since the forward
+        raise autograd's error, as they would have from the saved tensors."""
+        for t, v, name in ((self.h0, self.versions[1], "h0"), (self.w_hh, self.versions[2], "w_hh")):
+            if t._version != v:
+                raise RuntimeError(
+                    f"one of the variables needed for gradient computation has been modified by an inplace "
+                    f"operation: {name} of fused_rnn's ElmanRecurrence is at version {t._version}; expected "
+                    f"version {v} instead.")
+        with torch.no_grad(), torch.autocast(self.dev, dtype=self.amp_dtype, enabled=self.amp):
+            P = self.recompute_p(self.dev, self.amp, self.amp_dtype)
+            if P.shape[1] == 0:
+                Y = P.new_zeros(P.shape)
+            else:
+                Y, _ = backend_module(ctx.backend).forward(P, self.h0, self.w_hh, self.lengths, ctx.reverse,
+                                                           ctx.nonlinearity, ctx.tier, ctx.allow_tf32)
+        return Y, self.h0, self.w_hh, self.lengths
 
 
 class _NoDoubleBackward(torch.autograd.Function):
@@ -140,7 +205,11 @@ def _guard_double_backward(grads: tuple) -> tuple:
 @torch.no_grad()
 def _backward(ctx, dY: Tensor, dh_n: Tensor) -> tuple:
     """The backward proper: backend BPTT for (dA, dh0), then dW_hh in one GEMM. Shapes as in ElmanRecurrence."""
-    Y, h0, w_hh, lengths = ctx.saved_tensors
+    rec, ctx.recovery = ctx.recovery, None  # released here: a second backward (retain_graph) reads the saved tensors
+    if rec is not None and rec.y_edited():
+        Y, h0, w_hh, lengths = rec.recompute(ctx)  # the output was edited in place (see ElmanRecurrence)
+    else:
+        Y, h0, w_hh, lengths = ctx.saved_tensors
     T, B, H = Y.shape
     if B == 0:
         dA, dh0 = torch.zeros_like(Y), torch.zeros_like(h0)
@@ -153,15 +222,18 @@ def _backward(ctx, dY: Tensor, dh_n: Tensor) -> tuple:
         dw_hh = grad_w_hh(dA, Y, h0, lengths, ctx.reverse) if B > 0 else torch.zeros_like(w_hh)
     if getattr(ctx, "bptt", None) is not None:  # BPTT diagnostics hook: per-step norms of dA and of g = ∂L/∂h_t
         ctx.bptt.record(dA, dY, dh_n, w_hh, lengths, ctx.reverse)
-    return dA, dh0, dw_hh, None, None, None, None, None, None, None
+    return dA, dh0, dw_hh, None, None, None, None, None, None, None, None
 
 
 def recurrence(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None = None, reverse: bool = False,
                nonlinearity: str = "tanh", backend: str = "reference", tier: str = "",
-               allow_tf32: bool = False, consume_p: bool = False) -> tuple[Tensor, Tensor]:
+               allow_tf32: bool = False, consume_p: bool = False,
+               recompute_p: Callable[..., Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Differentiable sequential part: P [T,B,H], h0 [B,H], w_hh [H,H], lengths [B] | None -> (Y, h_n).
 
     ``consume_p=True``: P is a temporary of the caller's that nothing else reads; a backend with ``forward_into``
-    may then write Y over it (eager mode), and the returned Y is P.
+    may then write Y over it (eager mode), and the returned Y is P. ``recompute_p``: a closure that computes P again
+    (``functional.ProjectionRecompute``), so the backward survives an in-place edit of Y (ElmanRecurrence).
     """
-    return ElmanRecurrence.apply(P, h0, w_hh, lengths, reverse, nonlinearity, backend, tier, allow_tf32, consume_p)
+    return ElmanRecurrence.apply(P, h0, w_hh, lengths, reverse, nonlinearity, backend, tier, allow_tf32, consume_p,
+                                 recompute_p)

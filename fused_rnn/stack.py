@@ -12,7 +12,7 @@ from torch import Tensor
 
 from . import concurrency as _conc
 from . import diagnostics as _diag
-from .functional import _tf32_setting, elman_layer, input_projection
+from .functional import ProjectionRecompute, _tf32_setting, elman_layer, input_projection
 from .recurrence import recurrence
 
 
@@ -45,7 +45,8 @@ def run_fused_stack(module: torch.nn.RNNBase, x: Tensor, hx: Tensor, lengths: Te
                                    module.nonlinearity, backend)
             P = input_projection(layer_input, w_ih, b_ih, b_hh).contiguous()
             return recurrence(P, h0, w_hh, lengths, direction == 1, module.nonlinearity, backend, tier,
-                              _tf32_setting(), consume_p=True)
+                              _tf32_setting(), consume_p=True,
+                              recompute_p=ProjectionRecompute(layer_input, w_ih, b_ih, b_hh))
 
         if num_directions == 1:
             y, h = run(0)

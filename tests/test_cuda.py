@@ -437,6 +437,33 @@ def test_kernels_emulated_on_cpu(emu: ctypes.CDLL, case: tuple) -> None:
 
 @needs_cuda_build
 @pytest.mark.slow
+@pytest.mark.parametrize("tier", ["batch_tiled", "fallback"])
+def test_emulated_relu_dead_unit_blocks_nonfinite_gradient(emu: ctypes.CDLL, tier: str) -> None:
+    """relu backward is torch's threshold_backward, a select (h <= 0 ? 0 : g): inf / NaN in dY at a dead unit gives
+    dA = 0 there, as nn.RNN and the reference do (a 0/1 factor gave 0 · inf = NaN; tests/test_relu_backward.py)."""
+    g = torch.Generator().manual_seed(3)
+    T, B, H = 5, 4, 24
+    Y = torch.relu(torch.randn(T, B, H, generator=g))
+    w = 0.3 * torch.randn(H, H, generator=g) / H**0.5
+    dY = torch.randn(T, B, H, generator=g)
+    dead = Y == 0
+    dY[dead & (torch.rand(T, B, H, generator=g) < 0.5)] = float("inf")
+    dY[0][dead[0]] = float("nan")
+    dhn = torch.randn(B, H, generator=g)
+    if tier == "batch_tiled":
+        dA, dh0 = torch.full_like(Y, float("nan")), torch.full_like(dhn, float("nan"))
+        assert emu.emu_bwd(_EMU_DT[torch.float32], _ptr(dY), _ptr(dhn), _ptr(Y), _ptr(w), _ptr(None), _ptr(dA),
+                           _ptr(dh0), T, B, H, 0, 1, 2) == 1
+    else:
+        dA, dh0 = _emu_fallback_bwd(emu, dY, dhn, Y, w, None, False, 1)
+    rA, rh0 = ref.backward(dY, dhn, Y, w, None, False, "relu")
+    assert torch.equal(dA[dead], torch.zeros_like(dA[dead])) and torch.isfinite(dA).all() and torch.isfinite(dh0).all()
+    torch.testing.assert_close(dA, rA, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dh0, rh0, rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda_build
+@pytest.mark.slow
 def test_emulated_batch_tiled_refuses_what_does_not_fit(emu: ctypes.CDLL) -> None:
     """fp32 H=241 exceeds 227 KB: the launcher's config says "cannot run" (the dispatcher then runs fallback)."""
     P, h0, w, _, _, _ = _inputs(2, 1, 241, torch.float32, 12, False, torch.device("cpu"))

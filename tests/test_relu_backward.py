@@ -21,8 +21,9 @@ from fused_rnn.backends import reference
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # (backend, isa, path) -> the kernel loop that runs; the splits need two threads
 CPU_PATHS = [("cpu", isa, "serial") for isa in ISAS] + [("cpu", BEST_ISA, p) for p in ("hidden", "batch", "blas")]
+BF16_NATIVE = ("avx512bf16", "avx512amx_emu")  # bf16-only kernel sets (their fp32/fp64 are avx512's)
 if bf16_isa_missing() is None:
-    CPU_PATHS.append(("cpu", "avx512bf16", "serial"))
+    CPU_PATHS += [("cpu", isa, "serial") for isa in BF16_NATIVE]
 CASES = ([("reference", None, None)] + CPU_PATHS) if built() else [("reference", None, None)]
 
 
@@ -40,8 +41,8 @@ def test_sqrt_of_relu_output_gives_nn_rnn_finite_gradients(case: tuple, dtype: s
     """The module-level symptom: loss = output.sqrt().sum(), relu; nn.RNN's gradients are finite, so must ours be,
     and equal to nn.RNN's (fp64: tightly; otherwise the same zero pattern and close values)."""
     backend, isa, path = case
-    if isa == "avx512bf16" and dtype != "bf16":
-        pytest.skip("the avx512bf16 kernels differ from avx512 for bf16 only")
+    if isa in BF16_NATIVE and dtype != "bf16":
+        pytest.skip(f"the {isa} kernels differ from avx512 for bf16 only")
     dt = DTYPES[dtype]
     torch.manual_seed(0)
     T, B, I, H = 6, 16, 5, 40  # noqa: E741  (B·H large enough that the forced splits really split)
@@ -71,8 +72,8 @@ def test_nonfinite_gradient_at_dead_unit_gives_zero(case: tuple, dtype: str) -> 
     """The contract (docs/design.md): inf / NaN in dY where h <= 0 gives dA = 0 there (and so a finite dh0); where
     h > 0 it passes. Backend level, against nothing but the definition."""
     backend, isa, path = case
-    if isa == "avx512bf16" and dtype != "bf16":
-        pytest.skip("the avx512bf16 kernels differ from avx512 for bf16 only")
+    if isa in BF16_NATIVE and dtype != "bf16":
+        pytest.skip(f"the {isa} kernels differ from avx512 for bf16 only")
     dt = DTYPES[dtype]
     g = torch.Generator().manual_seed(3)
     T, B, H = 5, 16, 40
@@ -101,7 +102,7 @@ def test_nonfinite_gradient_at_dead_unit_gives_zero(case: tuple, dtype: str) -> 
 def test_nan_state_still_passes_gradient(case: tuple) -> None:
     """The other half of threshold_backward: a NaN state (NaN <= 0 is false) passes g, as nn.RNN does."""
     backend, isa, path = case
-    if isa == "avx512bf16":
+    if isa in BF16_NATIVE:
         pytest.skip("fp32 only")
     T, B, H = 3, 2, 8
     Y = torch.ones(T, B, H)

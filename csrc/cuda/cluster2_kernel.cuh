@@ -169,8 +169,10 @@ __device__ __forceinline__ float act_f(float a, int act) {
   // relu: `a <= 0 ? 0 : a` keeps NaN (the comparison is false), as torch.relu does.
   return act == 0 ? tanhf(a) : (a <= 0.f ? 0.f : a);
 }
-__device__ __forceinline__ float act_grad_from_out(float h, int act) {
-  return act == 0 ? 1.f - h * h : (h <= 0.f ? 0.f : 1.f);
+__device__ __forceinline__ float act_backward_from_out(float h, float g, int act) {
+  // relu: the select `h <= 0 ? 0 : g`, torch's threshold_backward (nn.RNN): 0 for a dead unit even where g is inf or
+  // NaN, and a NaN state passes g.
+  return act == 0 ? (1.f - h * h) * g : (h <= 0.f ? 0.f : g);
 }
 __device__ __forceinline__ int length_of(const int64_t* lengths, int b, int T) {
   if (lengths == nullptr) return T;
@@ -490,7 +492,7 @@ __global__ void __launch_bounds__(kThreads, 1) elman_cluster2_kernel(const Args<
             if (i < T_ && t < L) {
               const bool lst = a.reverse ? (t == 0) : (t == L - 1);
               const float g = to_f<T>(pf0[0][e]) + (lst ? to_f<T>(dhn[e]) : c[e]);
-              x = act_grad_from_out(to_f<T>(pf0[1][e]), a.act) * g;
+              x = act_backward_from_out(to_f<T>(pf0[1][e]), g, a.act);
               outv[e] = from_f<T>(x);
             }
           }

@@ -66,11 +66,11 @@ template <typename Acc>
 __device__ __forceinline__ Acc activation(Acc a, int act) {
   return act == 0 ? act_tanh(a) : (a < Acc(0) ? Acc(0) : a);
 }
-// f'(a) from h = f(a): 1 - h^2 (tanh), [not h <= 0] (relu: a NaN state passes the gradient, as torch's
-// threshold_backward does) -- multiplied, as the reference does, so 0 * inf stays NaN.
+// f'(a) * g from h = f(a): (1 - h^2) * g (tanh); relu the select h <= 0 ? 0 : g, torch's threshold_backward (and
+// so nn.RNN's, and the reference's): a dead unit's gradient is 0 even where g is inf or NaN, and a NaN state passes g.
 template <typename Acc>
-__device__ __forceinline__ Acc activation_grad(Acc h, int act) {
-  return act == 0 ? Acc(1) - h * h : (h <= Acc(0) ? Acc(0) : Acc(1));
+__device__ __forceinline__ Acc activation_backward(Acc h, Acc g, int act) {
+  return act == 0 ? (Acc(1) - h * h) * g : (h <= Acc(0) ? Acc(0) : g);
 }
 
 __device__ __forceinline__ int clamp_len(const int64_t* lengths, int b, int T) {
@@ -346,7 +346,7 @@ __global__ void __launch_bounds__(512) batch_tiled_bwd_kernel(ElmanBwdParams p, 
         if (s < L[b]) {
           const int t = p.reverse ? L[b] - 1 - s : s;
           const Acc carry = s + 1 < L[b] ? acc[e] : pdh[e];
-          const Acc da = activation_grad(py[e], p.act) * (pdy[e] + carry);
+          const Acc da = activation_backward(py[e], pdy[e] + carry, p.act);
           dA[(static_cast<int64_t>(t) * B + b0 + b) * H + k] = to_store<T>(da);
           Vn[k * BT + b] = da;  // carried in fp32: rounded only where stored
         } else {
@@ -523,7 +523,7 @@ __global__ void fallback_bwd_step_kernel(ElmanBwdParams p, int s, const Acc* __r
       const int t = p.reverse ? L - 1 - s : s;
       const int64_t off = static_cast<int64_t>(t) * n + idx;
       const Acc carry = s + 1 < L ? G[idx] : to_acc<Acc>(dhn[idx]);  // G = dA_{s+1} @ w_hh
-      const Acc da = activation_grad(to_acc<Acc>(Yv[off]), p.act) * (to_acc<Acc>(dY[off]) + carry);
+      const Acc da = activation_backward(to_acc<Acc>(Yv[off]), to_acc<Acc>(dY[off]) + carry, p.act);
       dA[off] = to_store<T>(da);
       D[idx] = da;
     } else {

@@ -106,9 +106,10 @@ __device__ __forceinline__ float act_f(float a, int act) {
   // relu: `a <= 0 ? 0 : a` keeps NaN (the comparison is false), as torch.relu does; fmaxf would drop it.
   return act == 0 ? tanhf(a) : (a <= 0.f ? 0.f : a);
 }
-__device__ __forceinline__ float act_grad_from_out(float h, int act) {
-  // relu: `h <= 0 ? 0 : 1` so a NaN state passes the gradient, as torch's threshold_backward (nn.RNN) does.
-  return act == 0 ? 1.f - h * h : (h <= 0.f ? 0.f : 1.f);
+__device__ __forceinline__ float act_backward_from_out(float h, float g, int act) {
+  // relu: the select `h <= 0 ? 0 : g`, torch's threshold_backward (nn.RNN): 0 for a dead unit even where g is inf or
+  // NaN (a 0/1 factor gave 0 * inf = NaN), and a NaN state passes g.
+  return act == 0 ? (1.f - h * h) * g : (h <= 0.f ? 0.f : g);
 }
 
 __device__ __forceinline__ int length_of(const int64_t* lengths, int b, int T) {
@@ -231,7 +232,7 @@ __device__ __forceinline__ float bwd_output(const Args<T>& a, int i, int b, int 
   }
   const bool last_in_order = a.reverse ? (t == 0) : (t == L - 1);
   const float g = to_f<T>(a.dY[o]) + (last_in_order ? to_f<T>(a.dh_n[bk]) : c);
-  const float da = act_grad_from_out(to_f<T>(a.Ysaved[o]), a.act) * g;
+  const float da = act_backward_from_out(to_f<T>(a.Ysaved[o]), g, a.act);
   a.dA[o] = from_f<T>(da);
   return da;  // fp32 carry (contract: the carried gradient stays fp32)
 }

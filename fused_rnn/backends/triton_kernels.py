@@ -66,13 +66,14 @@ def _activation(a, NONLIN: tl.constexpr, INTERP: tl.constexpr):
 
 
 @triton.jit
-def _activation_grad(h, NONLIN: tl.constexpr):
-    """f'(a) from h = f(a): 1 - h² (tanh) or [not h <= 0] (relu: a NaN state passes the gradient, as torch)."""
+def _activation_backward(h, g, NONLIN: tl.constexpr):
+    """f'(a) · g from h = f(a): (1 - h²) · g (tanh); relu the select h <= 0 ? 0 : g, torch's threshold_backward (and
+    so nn.RNN's): 0 for a dead unit even where g is inf or NaN, and a NaN state passes g."""
     if NONLIN == 0:
-        d = 1.0 - h * h
+        da = (1.0 - h * h) * g
     else:
-        d = tl.where(h <= 0.0, 0.0, 1.0).to(h.dtype)
-    return d
+        da = tl.where(h <= 0.0, 0.0, g)
+    return da
 
 
 @triton.jit
@@ -207,7 +208,7 @@ def elman_bwd_resident_kernel(
         base = t.to(tl.int64) * B * H
         y = tl.load(Y + base + offs, mask=m2, other=0.0).to(ACC)
         dy = tl.load(DY + base + offs, mask=m2, other=0.0).to(ACC)
-        da = _activation_grad(y, NONLIN) * (dy + carry)
+        da = _activation_backward(y, dy + carry, NONLIN)
         nxt = _dot_grad(da, w, DT, ACC, DOT_PREC, INTERP)
         if HAS_LEN:
             valid = (t < L)[:, None]
@@ -293,7 +294,7 @@ def _bwd_step_tile(
         yk = tl.load(Y + base + ok, mask=mbk, other=0.0).to(ACC)
         dyk = tl.load(DY + base + ok, mask=mbk, other=0.0).to(ACC)
         ck = tl.load(CPREV + ok, mask=mbk, other=0.0, cache_modifier=STATE_CACHE)
-        dak = _activation_grad(yk, NONLIN) * (dyk + ck)
+        dak = _activation_backward(yk, dyk + ck, NONLIN)
         wk = tl.load(W + rk[:, None].to(tl.int64) * H + rn[None, :], mask=mk[:, None] & mn[None, :], other=0.0)
         acc += _dot_grad(dak, wk, DT, ACC, DOT_PREC, INTERP)
     m2 = mb[:, None] & mn[None, :]
@@ -301,7 +302,7 @@ def _bwd_step_tile(
     y = tl.load(Y + base + offs, mask=m2, other=0.0).to(ACC)
     dy = tl.load(DY + base + offs, mask=m2, other=0.0).to(ACC)
     c = tl.load(CPREV + offs, mask=m2, other=0.0, cache_modifier=STATE_CACHE)
-    da = _activation_grad(y, NONLIN) * (dy + c)
+    da = _activation_backward(y, dy + c, NONLIN)
     if HAS_LEN:
         L = tl.load(LEN + rb, mask=mb, other=0)
         valid = (t < L)[:, None]
