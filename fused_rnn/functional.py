@@ -53,6 +53,15 @@ class ProjectionRecompute:
             return input_projection(*self._args).contiguous()
 
 
+def projection_recompute(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None
+                         ) -> ProjectionRecompute | None:
+    """A ProjectionRecompute in eager mode; None while torch.jit.trace / torch.compile / torch.export trace (a traced
+    graph would record the object as a constant, and there the recurrence saves Y plainly anyway)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return None
+    return ProjectionRecompute(x, w_ih, b_ih, b_hh)
+
+
 def elman_layer(
     x: Tensor,
     h0: Tensor,
@@ -85,7 +94,7 @@ def elman_layer(
     P = input_projection(x, w_ih, b_ih, b_hh).contiguous()
     choice = resolve(backend, P.device, H, B, P.dtype)
     return recurrence(P, h0, w_hh, lengths, reverse, nonlinearity, choice.backend, choice.tier, _tf32_setting(),
-                      consume_p=True, recompute_p=ProjectionRecompute(x, w_ih, b_ih, b_hh))
+                      consume_p=True, recompute_p=projection_recompute(x, w_ih, b_ih, b_hh))
 
 
 @_lazy_compile.assume_constant_result

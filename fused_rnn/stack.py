@@ -12,7 +12,7 @@ from torch import Tensor
 
 from . import concurrency as _conc
 from . import diagnostics as _diag
-from .functional import ProjectionRecompute, _tf32_setting, elman_layer, input_projection
+from .functional import _tf32_setting, elman_layer, input_projection, projection_recompute
 from .recurrence import recurrence
 
 
@@ -46,7 +46,7 @@ def run_fused_stack(module: torch.nn.RNNBase, x: Tensor, hx: Tensor, lengths: Te
             P = input_projection(layer_input, w_ih, b_ih, b_hh).contiguous()
             return recurrence(P, h0, w_hh, lengths, direction == 1, module.nonlinearity, backend, tier,
                               _tf32_setting(), consume_p=True,
-                              recompute_p=ProjectionRecompute(layer_input, w_ih, b_ih, b_hh))
+                              recompute_p=projection_recompute(layer_input, w_ih, b_ih, b_hh))
 
         if num_directions == 1:
             y, h = run(0)

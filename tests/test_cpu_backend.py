@@ -278,11 +278,12 @@ def test_relu_overflow_order_free_matches_reference(isa: str, dtype: torch.dtype
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_relu_overflow_order_dependent_is_never_hidden(isa: str, dtype: torch.dtype) -> None:
-    """The overflow promise, part 2: where the outcome depends on summation order or FMA (opposite overflows in one
-    sum; relu turns a −inf into 0), an overflow is never hidden -- every (step, batch row) that is non-finite in the
-    reference is non-finite in the kernel too -- and the steps before it are equal. Element positions are not
+    """The overflow promise, part 2 (docs/design.md): where the outcome depends on summation order or FMA (opposite
+    overflows in one sum; relu turns a −inf into 0), the steps before it are equal and, on this case, every (step,
+    batch row) that is non-finite in the reference is non-finite in the kernel too. Element positions are not
     promised there: an AVX-512 MKL GEMM gives +inf where the reference gives NaN (issue #15), and nn.RNN itself runs
-    such GEMMs."""
+    such GEMMs. (An FMA build can hide such an overflow when exact products cancel -- the design's counterexample;
+    this case's overflows do not cancel, so every kernel must keep the rows non-finite.)"""
     P, h0, w = _overflow_case(dtype, order_free=False)
     Y_ref, _ = reference.forward(P, h0, w, None, False, "relu")
     Y, hn = cpu_backend.forward(P, h0, w, None, False, "relu")

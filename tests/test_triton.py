@@ -42,8 +42,8 @@ compiled_mode = pytest.mark.skipif(INTERPRETING, reason="this process runs trito
 # must show): backend parity 2 tiers x 2 dtypes x 6 shapes = 24, low precision 2 x 2 x 2 = 8, bf16 rounding 2,
 # per_step K chunks 1, resident over its limit 1, cooperative unavailable 1, cooperative kernels 3, available 1, bad
 # input 1, gradcheck 3, module vs nn.RNN 2 x 2 x 4 = 16, torch.compile 1, opcheck 1, wrap_triton 2, empty batch 1,
-# tier record 1.
-INTERPRETER_CASES = 67
+# tier record 1, relu dead units 2.
+INTERPRETER_CASES = 69
 
 
 @pytest.mark.slow  # ~45 s on 2 cores; `-m "not slow"` leaves it to the full CI run
