@@ -22,11 +22,10 @@ parameter (loss Σ output·w_out + Σ h_n·w_h, both outputs' gradient paths), d
 second call on the same modules with a new T and B under no_grad (caches keyed on the first call's shapes, the
 inference path). ``test_draws_cover_the_space`` proves the seeds reach every value of every axis.
 
-Longer hunts: ``FUSED_RNN_FUZZ_SEEDS=3000`` (~50 s per 1500 seeds at one thread). Measured 2026-12-01 (2-core Zen 5,
-one thread): seeds 0-2999 all pass but s462 (fp32, backend "cpu", H=1031, 2 layers, bidirectional): output error
-1.94e-6 against a bound of 1.89e-6. Not a Python-layer bug: the C++ CPU kernel accumulates every matvec output in k
-order in one fp32 lane (deterministic across paths and threads, csrc/cpu/elman_cpu_kernels.inc), which costs ~3×
-the fp32 error of torch's blocked GEMM (H=1031: 1.1e-6 vs 3.4e-7), above 2 × nn.RNN's error + 8 eps once H ≳ 1000.
+Longer hunts: ``FUSED_RNN_FUZZ_SEEDS=3000`` (~50 s per 1500 seeds at one thread). Measured 2026-12-02 (2-core Zen 5):
+1500 seeds pass on each forced CPU kernel set (generic, avx2, avx512, and the default avx512bf16 at 1 and 2 threads),
+and 600 with the emulated AMX bf16 set. (s462, fp32 H=1031, once failed by 3%: the kernel then summed k in one fp32
+chain; since it sums blocks of 64, as torch's GEMM does, it passes.)
 
 Bad input: random malformed calls; fused_rnn must raise what nn.RNN raises (type, and message where nn.RNN's is
 meaningful -- tests/test_errors.assert_same_error).
