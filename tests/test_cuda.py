@@ -27,6 +27,7 @@ import sys
 import pytest
 import torch
 from cuda_common import FLOOR, check_ran, expect_ran, needs_cuda_build, needs_gpu, unverified_mark
+from test_relu_backward import dead_unit_case
 
 import fused_rnn
 from fused_rnn.backends import cuda as cuda_backend
@@ -441,15 +442,8 @@ def test_kernels_emulated_on_cpu(emu: ctypes.CDLL, case: tuple) -> None:
 def test_emulated_relu_dead_unit_blocks_nonfinite_gradient(emu: ctypes.CDLL, tier: str) -> None:
     """relu backward is torch's threshold_backward, a select (h <= 0 ? 0 : g): inf / NaN in dY at a dead unit gives
     dA = 0 there, as nn.RNN and the reference do (a 0/1 factor gave 0 · inf = NaN; tests/test_relu_backward.py)."""
-    g = torch.Generator().manual_seed(3)
     T, B, H = 5, 4, 24
-    Y = torch.relu(torch.randn(T, B, H, generator=g))
-    w = 0.3 * torch.randn(H, H, generator=g) / H**0.5
-    dY = torch.randn(T, B, H, generator=g)
-    dead = Y == 0
-    dY[dead & (torch.rand(T, B, H, generator=g) < 0.5)] = float("inf")
-    dY[0][dead[0]] = float("nan")
-    dhn = torch.randn(B, H, generator=g)
+    Y, w, dY, dhn, dead = dead_unit_case(T, B, H)
     if tier == "batch_tiled":
         dA, dh0 = torch.full_like(Y, float("nan")), torch.full_like(dhn, float("nan"))
         assert emu.emu_bwd(_EMU_DT[torch.float32], _ptr(dY), _ptr(dhn), _ptr(Y), _ptr(w), _ptr(None), _ptr(dA),

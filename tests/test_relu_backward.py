@@ -27,6 +27,21 @@ if bf16_isa_missing() is None:
 CASES = ([("reference", None, None)] + CPU_PATHS) if built() else [("reference", None, None)]
 
 
+def dead_unit_case(T: int, B: int, H: int, seed: int = 3) -> tuple[torch.Tensor, ...]:
+    """fp32 backward inputs with relu dead units fed non-finite gradients: Y [T,B,H] = relu(randn) (about half dead),
+    w [H,H], dY [T,B,H] with inf at half the dead units and NaN at every dead unit of step 0, dh_n [B,H]; and the
+    mask `dead` [T,B,H]. For the GPU kernels' emulation and the Triton interpreter (tests/test_cuda.py,
+    tests/triton_interp_cases.py)."""
+    g = torch.Generator().manual_seed(seed)
+    Y = torch.relu(torch.randn(T, B, H, generator=g))
+    w = 0.3 * torch.randn(H, H, generator=g) / H**0.5
+    dY = torch.randn(T, B, H, generator=g)
+    dead = Y == 0
+    dY[dead & (torch.rand(T, B, H, generator=g) < 0.5)] = float("inf")
+    dY[0][dead[0]] = float("nan")
+    return Y, w, dY, torch.randn(B, H, generator=g), dead
+
+
 def _ctx(isa: str | None, path: str | None):
     return forced(isa=isa, path=path) if isa is not None else forced()
 

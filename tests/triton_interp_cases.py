@@ -360,15 +360,9 @@ def test_tier_record_names_the_tier_that_ran() -> None:
 def test_relu_dead_unit_blocks_nonfinite_gradient(tier: str) -> None:
     """relu backward is torch's threshold_backward, a select (h <= 0 ? 0 : g): inf / NaN in dY at a dead unit gives
     dA = 0 there, as nn.RNN and the reference give (tests/test_relu_backward.py has the CPU backends)."""
-    g = torch.Generator().manual_seed(3)
-    T, B, H = 5, 6, 12
-    Y = torch.relu(torch.randn(T, B, H, generator=g))
-    w = 0.3 * torch.randn(H, H, generator=g) / H**0.5
-    dY = torch.randn(T, B, H, generator=g)
-    dead = Y == 0
-    dY[dead & (torch.rand(T, B, H, generator=g) < 0.5)] = float("inf")
-    dY[0][dead[0]] = float("nan")
-    dhn = torch.randn(B, H, generator=g)
+    from test_relu_backward import dead_unit_case
+
+    Y, w, dY, dhn, dead = dead_unit_case(5, 6, 12)
     dA, dh0 = TB.backward(dY, dhn, Y, w, None, False, "relu", tier, False)
     rA, rh0 = R.backward(dY, dhn, Y, w, None, False, "relu")
     assert torch.equal(dA[dead], torch.zeros_like(dA[dead])) and torch.isfinite(dA).all() and torch.isfinite(dh0).all()
