@@ -39,6 +39,11 @@ class ProjectionRecompute:
         self._args = (x, w_ih, b_ih, b_hh)
         self._versions: tuple[int, ...] = ()
 
+    @property
+    def inputs(self) -> tuple[Tensor, ...]:
+        """The tensors P is computed from (x, w_ih and the biases given)."""
+        return tuple(t for t in self._args if t is not None)
+
     def arm(self) -> None:
         self._versions = tuple(0 if t is None else t._version for t in self._args)
 

@@ -174,8 +174,9 @@ class RNN(nn.RNNBase):
         if not path.native and not onnx_export and not tracing() and not _fused_can_run(self, call, amp_dtype):
             # What nn.RNN's op rejects with its own error (a parameter replaced by one of another shape, dtype or
             # device, or set to None; input on another device than the parameters; a malformed PackedSequence), or
-            # handles where the fused backends cannot (complex dtypes): nn.RNN's op runs instead, so the error,
-            # or the result, is nn.RNN's own. (Eager only: traced graphs keep the fused stack and its errors.)
+            # handles where the fused backends cannot (complex dtypes, torch.func transforms): nn.RNN's op runs
+            # instead, so the error, or the result, is nn.RNN's own. (Eager only: traced graphs keep the fused
+            # stack and its errors.)
             path = _NATIVE_FALLBACK
 
         if path.native and not onnx_export:  # (an ONNX export runs the layer-level op below, forced native too)
@@ -471,13 +472,19 @@ def _parameter_shapes(input_size: int, hidden_size: int, num_layers: int, direct
 def _fused_can_run(module: RNN, call: _Call, amp_dtype: torch.dtype | None) -> bool:
     """Whether the fused stack computes this call as nn.RNN would: the parameters as nn.RNN lays them out (each a
     tensor of nn.RNN's shape, on the input's device, in its dtype -- any floating dtype under autocast, which casts
-    them), a compute dtype the fused backends have (not complex), and for a PackedSequence, batch_sizes nn.RNN's op
-    accepts for its data (int64, 1-D, on the CPU, non-increasing, not summing past the data); under autocast, an hx
-    that autocast casts to the input's compute dtype. Reads metadata only, plus the batch_sizes (on the host).
-    Eager mode only (RNN._run): not asked while torch.compile / torch.export trace."""
+    them), a compute dtype the fused backends have (not complex), no torch.func transform or forward-mode AD level
+    active, and for a PackedSequence, batch_sizes nn.RNN's op accepts for its data (int64, 1-D, on the CPU,
+    non-increasing, not summing past the data); under autocast, an hx that autocast casts to the input's compute
+    dtype. Reads metadata only, plus the batch_sizes (on the host). Eager mode only (RNN._run): not asked while
+    torch.compile / torch.export trace."""
     input = call.input  # noqa: A001 (nn.RNN's name)
     dtype = compute_dtype_of(input, amp_dtype)
     if dtype not in _FUSED_DTYPES:
+        return False
+    if _functorch_active() or _forward_ad_active():
+        # torch.func.grad / vjp / jacrev / vmap: ElmanRecurrence has no functorch support (no setup_context, no
+        # vmap rule), so it raised where nn.RNN's op runs (grad, vjp, jacrev) or raises its own error (vmap).
+        # Forward-mode AD (torch.autograd.forward_ad): it has no jvp, so it raised NotImplementedError.
         return False
     if amp_dtype is not None and call.hx is not None and compute_dtype_of(call.hx, amp_dtype) != dtype:
         return False  # e.g. an fp64 hx, which autocast leaves as it is (outside autocast _check_hx names it)
@@ -507,6 +514,17 @@ def _fused_can_run(module: RNN, call: _Call, amp_dtype: torch.dtype | None) -> b
         if int(bs.sum()) > input.size(0):
             return False
     return True
+
+
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vjp, jacrev, jacfwd, vmap, ...) is running this call."""
+    fn = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(fn()) if fn is not None else False
+
+
+def _forward_ad_active() -> bool:
+    """Whether a torch.autograd.forward_ad.dual_level block is open (dual tensors may reach this call)."""
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
 
 
 def _grad_needed(module: nn.Module, input: Tensor, hx: Tensor | None) -> bool:

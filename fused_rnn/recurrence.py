@@ -7,6 +7,7 @@ It is once-differentiable: double backward raises a clear error instead of silen
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -117,6 +118,14 @@ class ElmanRecurrence(torch.autograd.Function):
             if arm is not None:
                 arm()
             ctx.recovery = _Recovery(recompute_p, Y, h0, w_hh, lengths)
+        ctx.y_watch = None
+        if (ctx.recovery is None and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+                and any(ctx.needs_input_grad) and not _no_saved_tensor_hooks()):
+            # Saved-tensor hooks own Y. One that hands back the very tensor it was given (save_on_cpu on CPU
+            # tensors, an identity pack) skips autograd's version check, and an in-place edit of the output would
+            # reach the backward's Y unnoticed: wrong gradients, where nn.RNN's are right. A weak reference and the
+            # version let the backward see that case and raise (_check_unpacked_y).
+            ctx.y_watch = (weakref.ref(Y), Y._version)
         ctx.reverse = reverse
         ctx.nonlinearity = nonlinearity
         ctx.backend = backend
@@ -134,13 +143,16 @@ class ElmanRecurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dY: Tensor, dh_n: Tensor):
         """dY [T,B,H], dh_n [B,H] -> (dP = dA [T,B,H], dh0 [B,H], dW_hh [H,H], None × 8)."""
-        grads = _backward(ctx, dY, dh_n)
+        grads, sources = _backward(ctx, dY, dh_n)
         if torch.is_grad_enabled():
             # create_graph=True: no second derivative exists here. once_differentiable would only guard the
             # gradients when dY or dh_n require grad; for a loss linear in Y they do not, and the input GEMM's
             # autograd would then silently drop this Function's second-order terms (measured: a gradient penalty
-            # ran without error). Tie every gradient to a node whose backward raises instead.
-            grads = _guard_double_backward(grads)
+            # ran without error). Tie every gradient to a node whose backward raises instead, with edges to
+            # everything the true gradients depend on (dY, dh_n, and this node's inputs through Y, h0, w_hh):
+            # autograd.grad(..., inputs=[x]) runs only the nodes on a path to x, so a guard reachable only from
+            # its own leaf was skipped there and hvp / jvp / gradgradcheck came back silently wrong.
+            grads = _guard_double_backward(grads, (dY, dh_n, *sources))
         return grads
 
 
@@ -192,11 +204,15 @@ class _Recovery:
 
 
 class _NoDoubleBackward(torch.autograd.Function):
-    """Identity on the gradients [*] of ElmanRecurrence; differentiating through it raises a clear error."""
+    """Identity on the gradients [*] of ElmanRecurrence; differentiating through it raises a clear error.
+
+    Inputs: an anchor (a fresh leaf, so the outputs require grad even when nothing else does), n, n link tensors
+    (what the gradients depend on: only edges, so that every path from a gradient to what it depends on passes
+    here), then the gradients."""
 
     @staticmethod
-    def forward(ctx, anchor: Tensor, *grads: Tensor) -> tuple[Tensor, ...]:
-        return tuple(g.clone() for g in grads)
+    def forward(ctx, anchor: Tensor, n_links: int, *args: Tensor) -> tuple[Tensor, ...]:
+        return tuple(g.clone() for g in args[n_links:])
 
     @staticmethod
     def backward(ctx, *unused: Tensor):
@@ -205,11 +221,13 @@ class _NoDoubleBackward(torch.autograd.Function):
             "once-differentiable); second derivatives of fused_rnn.RNN are not implemented")
 
 
-def _guard_double_backward(grads: tuple) -> tuple:
-    """Route the non-None gradients through _NoDoubleBackward, so a graph built on them fails when differentiated."""
+def _guard_double_backward(grads: tuple, links: tuple = ()) -> tuple:
+    """Route the non-None gradients through _NoDoubleBackward, so a graph built on them fails when differentiated
+    towards the anchor or any of ``links`` (tensors the gradients depend on; those that require grad are kept)."""
     idx = [i for i, g in enumerate(grads) if g is not None]
+    links = tuple(t for t in links if isinstance(t, Tensor) and t.requires_grad)
     anchor = torch.zeros((), requires_grad=True)  # makes the outputs require grad even when no input does
-    guarded = _NoDoubleBackward.apply(anchor, *(grads[i] for i in idx))
+    guarded = _NoDoubleBackward.apply(anchor, len(links), *links, *(grads[i] for i in idx))
     out = list(grads)
     for i, g in zip(idx, guarded):
         out[i] = g
@@ -219,11 +237,20 @@ def _guard_double_backward(grads: tuple) -> tuple:
 @torch.no_grad()
 def _backward(ctx, dY: Tensor, dh_n: Tensor) -> tuple:
     """The backward proper: backend BPTT for (dA, dh0), then dW_hh in one GEMM. Shapes as in ElmanRecurrence."""
-    rec, ctx.recovery = ctx.recovery, None  # released here: a second backward (retain_graph) reads the saved tensors
+    rec = ctx.recovery
+    if rec is not None and not _keep_graph():
+        # Released with the saved tensors. Kept while autograd keeps the graph (retain_graph / create_graph): a
+        # later backward may find Y edited (before the first, or between the two) and needs the recompute again,
+        # as nn.RNN's second backward works after such an edit.
+        ctx.recovery = None
     if rec is not None and rec.y_edited():
         Y, h0, w_hh, lengths = rec.recompute(ctx)  # the output was edited in place (see ElmanRecurrence)
+        sources = (h0, w_hh, *getattr(rec.recompute_p, "inputs", ()))
     else:
         Y, h0, w_hh, lengths = ctx.saved_tensors
+        sources = (Y, h0, w_hh)  # Y unpacked from the saved output: its grad_fn is this node (P and beyond)
+        if getattr(ctx, "y_watch", None) is not None:
+            _check_unpacked_y(Y, *ctx.y_watch)
     T, B, H = Y.shape
     if B == 0:
         dA, dh0 = torch.zeros_like(Y), torch.zeros_like(h0)
@@ -236,7 +263,26 @@ def _backward(ctx, dY: Tensor, dh_n: Tensor) -> tuple:
         dw_hh = grad_w_hh(dA, Y, h0, lengths, ctx.reverse) if B > 0 else torch.zeros_like(w_hh)
     if getattr(ctx, "bptt", None) is not None:  # BPTT diagnostics hook: per-step norms of dA and of g = ∂L/∂h_t
         ctx.bptt.record(dA, dY, dh_n, w_hh, lengths, ctx.reverse)
-    return dA, dh0, dw_hh, None, None, None, None, None, None, None, None
+    return (dA, dh0, dw_hh, None, None, None, None, None, None, None, None), sources
+
+
+def _check_unpacked_y(Y: Tensor, ref: weakref.ref, version: int) -> None:
+    """Y, as a saved-tensor hook handed it back, must not be the output edited in place since the forward."""
+    live = ref()
+    if (live is not None and live._version != version and Y.numel() > 0
+            and Y.untyped_storage().data_ptr() == live.untyped_storage().data_ptr()):
+        raise RuntimeError(
+            f"one of the variables needed for gradient computation has been modified by an inplace operation: "
+            f"output 0 of fused_rnn's ElmanRecurrence is at version {live._version}; expected version {version} "
+            f"instead. A saved-tensor hook (e.g. torch.autograd.graph.save_on_cpu on CPU tensors) handed back the "
+            f"output itself, so the edit reached what the backward reads: edit a copy of the output (out = out * "
+            f"2) under such hooks.")
+
+
+def _keep_graph() -> bool:
+    """True when the running backward keeps the graph (retain_graph=True, or create_graph=True's default)."""
+    fn = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return bool(fn()) if fn is not None else False
 
 
 def recurrence(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None = None, reverse: bool = False,
@@ -249,5 +295,11 @@ def recurrence(P: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None = Non
     may then write Y over it (eager mode), and the returned Y is P. ``recompute_p``: a closure that computes P again
     (``functional.ProjectionRecompute``), so the backward survives an in-place edit of Y (ElmanRecurrence).
     """
+    if not torch.is_grad_enabled():
+        # No graph is recorded (no_grad, inference_mode), so no backward can need the recompute. (Decided here:
+        # Function.forward always runs with grad off, and its needs_input_grad follows requires_grad alone.) Under
+        # inference_mode, arming it read the version counters of inference tensors, which have none: every fused
+        # forward raised "Inference tensors do not track version counter".
+        recompute_p = None
     return ElmanRecurrence.apply(P, h0, w_hh, lengths, reverse, nonlinearity, backend, tier, allow_tf32, consume_p,
                                  recompute_p)

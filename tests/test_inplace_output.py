@@ -101,8 +101,8 @@ def test_parameter_edited_before_backward_still_raises(backend: str, edit_output
 def test_edit_under_checkpoint(backend: str) -> None:
     """Under saved-tensor hooks the hooks own Y (no recompute is armed); torch.utils.checkpoint's recomputes the
     forward at backward time, so the gradients are the out-of-place edit's, bit for bit. (A hook that hands back the
-    very tensor it was given -- save_on_cpu on CPU tensors -- skips autograd's version check: the edited values are
-    then used, as for any op that saves its output, torch.exp included.)"""
+    very tensor it was given -- save_on_cpu on CPU tensors -- skips autograd's version check; ElmanRecurrence then
+    raises autograd's in-place error itself: tests/test_autograd_interplay.py.)"""
     torch.manual_seed(2)
     m = fused_rnn.RNN(I, H, backend=backend)
     x, h0 = torch.randn(T, B, I), torch.randn(1, B, H)
