@@ -120,7 +120,7 @@ class ElmanRecurrence(torch.autograd.Function):
             ctx.recovery = _Recovery(recompute_p, Y, h0, w_hh, lengths)
         ctx.y_watch = None
         if (ctx.recovery is None and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-                and any(ctx.needs_input_grad) and not _no_saved_tensor_hooks()):
+                and any(ctx.needs_input_grad) and not Y.is_inference() and not _no_saved_tensor_hooks()):
             # Saved-tensor hooks own Y. One that hands back the very tensor it was given (save_on_cpu on CPU
             # tensors, an identity pack) skips autograd's version check, and an in-place edit of the output would
             # reach the backward's Y unnoticed: wrong gradients, where nn.RNN's are right. A weak reference and the

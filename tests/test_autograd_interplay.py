@@ -15,6 +15,7 @@ Shapes: T time, B batch, I input, H hidden; fp64 so that the comparisons with nn
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import pytest
@@ -48,14 +49,18 @@ def _close(got: list[Tensor], want: list[Tensor]) -> None:
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("hooks", [False, True], ids=["", "saved-tensor-hooks"])
 @pytest.mark.parametrize("edit", [False, True], ids=["plain", "output-edited"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_inference_mode(backend: str, edit: bool) -> None:
+def test_inference_mode(backend: str, edit: bool, hooks: bool) -> None:
+    """Inference tensors have no version counter: nothing may read one (the recompute and, under saved-tensor hooks,
+    the output watch are for recorded graphs only)."""
     theirs, ours = _pair(backend, num_layers=2)
     x, h0 = _x(2)
     res = []
     for m in (theirs, ours):
-        with torch.inference_mode():
+        hk = torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t) if hooks else contextlib.nullcontext()
+        with torch.inference_mode(), hk:
             out, h_n = m(x, h0)
             if edit:
                 out.mul_(2.0)
