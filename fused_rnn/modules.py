@@ -235,7 +235,10 @@ class RNN(nn.RNNBase):
                                  unsorted_indices)
             return out, self.permute_hidden(h_n, unsorted_indices)
         if self.batch_first:
-            output = output.transpose(0, 1).contiguous()
+            # nn.RNN's layout: a transposed view (strides (H·D, B·H·D, 1)), not a copy -- no [T, B, H·D] copy per
+            # call, and code that relies on nn.RNN's strides sees the same. An in-place edit of it reaches the saved
+            # Y's version counter through the view (ElmanRecurrence recomputes).
+            output = output.transpose(0, 1)
         if not is_batched:
             output = output.squeeze(batch_dim)
             h_n = h_n.squeeze(1)

@@ -116,3 +116,18 @@ def test_edit_under_checkpoint(backend: str) -> None:
     m.zero_grad()
     plain = _grads(m, x, h0, EDITS[0][2])
     assert all(torch.equal(a, b) for a, b in zip(got[:2] + got_p, plain, strict=True))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("edit", EDITS, ids=[e[0] for e in EDITS])
+def test_edited_batch_first_output(edit: tuple, backend: str) -> None:
+    """batch_first: the output is a transposed view of Y (nn.RNN's layout, no copy), so its edits reach Y's version
+    counter through the view; the gradients are nn.RNN's under the same edit."""
+    _, inplace, _ = edit
+    torch.manual_seed(3)
+    theirs = nn.RNN(I, H, num_layers=2, batch_first=True, dtype=torch.float64)
+    ours = fused_rnn.RNN(I, H, num_layers=2, batch_first=True, dtype=torch.float64, backend=backend)
+    ours.load_state_dict(theirs.state_dict())
+    x, h0 = torch.randn(B, T, I, dtype=torch.float64), torch.randn(2, B, H, dtype=torch.float64)
+    for a, b in zip(_grads(ours, x, h0, inplace), _grads(theirs, x, h0, inplace), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

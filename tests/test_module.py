@@ -466,3 +466,21 @@ def test_matches_nn_rnn_on_cuda(backend: str, nonlinearity: str, form: str, dtyp
         assert_fp64_equal(got, want)
     else:
         assert_within_rule(got, want, oracle)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"] + (["cpu"] if "cpu" in fused_rnn.available_backends()
+                                                            else []))
+@pytest.mark.parametrize("batch_first,bidirectional,batched", [
+    (True, False, True), (True, True, True), (False, True, True), (True, False, False), (False, False, True)],
+    ids=["bf", "bf-bi", "tm-bi", "bf-unbatched", "tm"])
+def test_output_layout_matches_nn_rnn(backend: str, batch_first: bool, bidirectional: bool, batched: bool) -> None:
+    """The output's shape and strides are nn.RNN's: with batch_first a transposed view of the time-major result (no
+    copy), as nn.RNN returns; h_n contiguous."""
+    torch.manual_seed(0)
+    theirs = nn.RNN(4, 6, num_layers=2, bidirectional=bidirectional, batch_first=batch_first)
+    ours = fused_rnn.RNN(4, 6, num_layers=2, bidirectional=bidirectional, batch_first=batch_first, backend=backend)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(3, 20, 4) if batched else torch.randn(20, 4)
+    (o1, h1), (o2, h2) = theirs(x), ours(x)
+    assert (o2.shape, o2.stride(), h2.shape, h2.stride()) == (o1.shape, o1.stride(), h1.shape, h1.stride())
+    torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-6)
