@@ -18,7 +18,7 @@ The result is always an :class:`Explanation` (never a type that changes with fla
 from __future__ import annotations
 
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -169,7 +169,7 @@ def explain(rnn: torch.nn.Module, input, hx: Tensor | None = None, *,  # noqa: A
         what the call would raise before running: bad input dimensions or hx shape, an unknown FUSED_RNN_BACKEND, an
         unavailable backend, backend="native" inside diagnostics.record_bptt.
     """
-    from .modules import RNN, _grad_needed, autocast_dtype, compute_dtype_of
+    from .modules import DROP_IN, RNN, _fused_can_run, _grad_needed, autocast_dtype, compute_dtype_of
 
     if not isinstance(rnn, RNN):
         raise TypeError(f"fused_rnn.explain expects a fused_rnn.RNN, got {type(rnn).__name__} (torch.nn.RNN always "
@@ -188,8 +188,16 @@ def explain(rnn: torch.nn.Module, input, hx: Tensor | None = None, *,  # noqa: A
         T, form = len(call.batch_sizes), "packed"
     else:
         T, form = x.size(1 if rnn.batch_first else 0), ("lengths" if call.lengths is not None else "padded")
-    return explain_call(rnn, x.device, dtype, x.dtype, amp is not None, T, call.B, training, form, compiled,
-                        (x, call.hx))
+    e = explain_call(rnn, x.device, dtype, x.dtype, amp is not None, T, call.B, training, form, compiled,
+                     (x, call.hx))
+    if not compiled and not e.native and not _fused_can_run(rnn, call, amp):
+        # RNN._run's drop-in check: a call the fused stack would not compute as nn.RNN does runs nn.RNN's op
+        d = DROP_IN
+        layers = tuple(LayerPath(i, dr, "native", "") for i in range(rnn.num_layers)
+                       for dr in _dirs(2 if rnn.bidirectional else 1))
+        e = replace(e, path="native", tier="", rule=d.rule, summary=summary(d, e.call), reason=d.reason, evidence=(),
+                    source="", layers=layers, decision=d)
+    return e
 
 
 def explain_call(rnn, device: torch.device, dtype: torch.dtype, input_dtype: torch.dtype, autocast: bool, T: int,

@@ -40,9 +40,10 @@ from . import _lazy_compile
 from . import autotune as _autotune
 from . import diagnostics as _diag
 from . import onnx as _onnx
-from .backends.select import MODULE_BACKENDS, NATIVE, _resolve_name, choose_path, tracing
+from .backends.select import MODULE_BACKENDS, NATIVE, _resolve_name, choose_path, record_instead, tracing
 from .functional import check_lengths
 from .native import run_native_stack
+from .policy import Decision
 from .precision import compute_dtype
 from .stack import run_fused_stack
 
@@ -178,6 +179,7 @@ class RNN(nn.RNNBase):
             # instead, so the error, or the result, is nn.RNN's own. (Eager only: traced graphs keep the fused
             # stack and its errors.)
             path = _NATIVE_FALLBACK
+            record_instead(DROP_IN)
 
         if path.native and not onnx_export:  # (an ONNX export runs the layer-level op below, forced native too)
             # nn.RNN's order: zeros in the input's own dtype, the module's checks, then the op, which autocast
@@ -454,6 +456,11 @@ class _TracedNative:
 
 _TRACED_NATIVE = _TracedNative()
 _NATIVE_FALLBACK = _TracedNative()  # a fused path's call that only nn.RNN's op handles as nn.RNN does (_fused_can_run)
+# What explain and record_paths report for it (a policy.Decision).
+DROP_IN = Decision(
+    "native", "", "drop-in", "the call is one only nn.RNN's op computes as nn.RNN does (a parameter replaced with "
+    "another shape, dtype or device, or None; complex dtypes; a torch.func transform or forward-mode AD; a malformed "
+    "PackedSequence): nn.RNN's op runs, with nn.RNN's result or error")
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 

@@ -309,3 +309,20 @@ def test_readme_snippet_runs() -> None:
         exec(compile(code, "README.md", "exec"), {})
     finally:
         autotune.set_autotune(None)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_explain_names_the_drop_in_fallback(backend: str) -> None:
+    """A call the fused stack would not compute as nn.RNN does (here w_hh replaced by one of another dtype) runs
+    nn.RNN's op (modules._fused_can_run); explain says so, and the call ran native."""
+    if backend not in fused_rnn.available_backends():
+        pytest.skip(f"backend {backend} not built")
+    m = fused_rnn.RNN(8, 16, backend=backend)
+    x = torch.randn(12, 3, 8)
+    assert not fused_rnn.explain(m, x).native
+    m.weight_hh_l0 = torch.nn.Parameter(m.weight_hh_l0.detach().double())
+    e = fused_rnn.explain(m, x)
+    assert e.native and e.rule == "drop-in" and all(lp.path == "native" for lp in e.layers), e
+    with select.record_paths() as ran, pytest.raises(RuntimeError):
+        m(x)  # nn.RNN's own dtype error
+    assert [(d.path, d.rule) for d in ran] == [("native", "drop-in")], ran

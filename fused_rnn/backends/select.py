@@ -217,6 +217,13 @@ def record_paths() -> Iterator[list]:
         _PATH_LOG = prev
 
 
+def record_instead(d) -> None:
+    """Inside ``record_paths``: replace the decision just recorded by ``d`` (the module's drop-in fallback to nn.RNN's
+    op, taken after the policy chose: modules._fused_can_run)."""
+    if _PATH_LOG:
+        _PATH_LOG[-1] = d
+
+
 def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, H: int, layers: int,
                 directions: int, training: bool, recording_bptt: bool = False,
                 tune: Callable[[policy.Decision], policy.Decision] | None = None, record: bool = True,
