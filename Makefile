@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTEST_ARGS ?=
 
 .PHONY: test bench examples setup lint gpu-check gpu-check-1 gpu-check-2 gpu-check-3 gpu-check-4 gpu-test-full \
-	arch-check clean
+	arch-check amx-check clean
 
 # `make test` compiles the CUDA kernels for one arch, sm_90a (H100/H200; ~38 s per .cu file on 2 cores), unless
 # FUSED_RNN_CUDA_ARCHS or TORCH_CUDA_ARCH_LIST says otherwise or a GPU is visible (then setup.py builds for it).
@@ -39,6 +39,13 @@ gpu-check-1 gpu-check-2 gpu-check-3 gpu-check-4:
 arch-check:
 	@PY=$$(TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-$(TEST_CUDA_ARCHS)} scripts/setup_env.sh) && \
 		$$PY scripts/arch_compile_check.py --arch $${ARCH_CHECK_ARCH:-8.0}
+
+# On an Intel CPU with AMX (Sapphire Rapids and later): the AMX bf16 kernels (set avx512amx), which have passed only in
+# software emulation so far, run for real in a child process against the reference (tests/test_cpu_bf16.py). Not part
+# of `make test` until they have passed once on such a machine (README, status table).
+amx-check:
+	@PY=$$(TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-$(TEST_CUDA_ARCHS)} scripts/setup_env.sh) && \
+		FUSED_RNN_AMX_CHECK=1 $$PY -m pytest -q -rs tests/test_cpu_bf16.py -k "avx512amx and not emu"
 
 gpu-test-full:
 	@PY=$$(scripts/setup_env.sh) && $$PY -m pytest -q -m "gpu" tests

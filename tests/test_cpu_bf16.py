@@ -9,8 +9,9 @@ CPU: the tiles' indexing, configuration, K tails and scattered rows are tested w
 "avx2" and "avx512" run bf16 (and every variant runs fp16) on the fp32 kernels with the state rounded to the storage
 dtype each step. A variant this machine lacks is skipped with the flag it misses (tests/cpu_common.py reads
 /proc/cpuinfo: where the CPU lists the flags, the variant must be built, or the test fails). "avx512amx" has not yet
-run on AMX hardware, so where the CPU has AMX its tests run in a child process (test_avx512amx_in_a_child_process):
-a fault fails that test with the child's output instead of killing the session. Shapes: T time, B batch, H hidden.
+run on AMX hardware, so where the CPU has AMX its tests run under `make amx-check` (FUSED_RNN_AMX_CHECK=1), in a child
+process (test_avx512amx_in_a_child_process): a fault fails that test with the child's output instead of killing the
+session; `make test` skips them there, saying so, until they have passed once. Shapes: T time, B batch, H hidden.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ ALL_VARIANTS = ("generic", "avx2", "avx512", "avx512bf16", "avx512amx_emu", "avx
 # the sets with bf16-native kernels (their fp16 is avx512's, on converted data)
 BF16_NATIVE = ("avx512bf16", "avx512amx_emu", "avx512amx")
 AMX_CHILD_ENV = "FUSED_RNN_TEST_AMX_CHILD"  # set in the child process that runs the avx512amx tests
+# `make amx-check` sets this: the real AMX kernels, never yet run on AMX hardware, are verified by an explicit run (as
+# the GPU tiers not yet proven run in a stage of their own), so that `make test` on an AMX machine does not depend on
+# them before they have passed once; `auto` never picks them either.
+AMX_CHECK_ENV = "FUSED_RNN_AMX_CHECK"
 
 
 def _variant(name: str) -> str:
@@ -201,6 +206,9 @@ def test_avx512amx_in_a_child_process() -> None:
     why = amx_missing()
     if why is not None:
         pytest.skip(f"variant avx512amx (bf16 matvec on AMX tiles) not tested: {why}")
+    if os.environ.get(AMX_CHECK_ENV) != "1":
+        pytest.skip("this CPU has AMX, and variant avx512amx has not yet run on AMX hardware: `make amx-check` runs "
+                    "it (kept out of `make test` until it has passed once; `auto` never picks it)")
     here = Path(__file__).resolve()
     env = dict(os.environ, **{AMX_CHILD_ENV: "1"})
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(here),
