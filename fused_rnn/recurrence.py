@@ -84,8 +84,9 @@ class ElmanRecurrence(torch.autograd.Function):
     edit the output in place before backward (``out += residual``, ``relu_``). Given ``recompute_p`` (the layer's
     input projection, as a closure), an edited Y is detected in the backward by its version counter and recomputed
     from P (the same backend and tier: the same values), so such code runs as with nn.RNN; without it, autograd's
-    in-place error is raised. Eager mode, no saved-tensor hooks active (a checkpoint or offload hook must see every
-    saved tensor): otherwise the plain save, and autograd's error.
+    in-place error is raised. Eager mode with no saved-tensor hooks active; under hooks (a checkpoint or offload hook
+    must see every saved tensor) the hooks own Y -- checkpoint recomputes it, a copying hook keeps the forward's --
+    and one that hands back the edited output itself is caught by a weak reference (``y_watch``) and raises.
     """
 
     @staticmethod
