@@ -634,6 +634,25 @@ def test_tier_full(case: tuple) -> None:
     _check_full(case)
 
 
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.gpu_quick
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("tier", [pytest.param(t, marks=unverified_mark("cuda", t, new_code=True), id=t)
+                                  for t in TIERS])
+def test_relu_dead_unit_blocks_nonfinite_gradient_on_gpu(tier: str) -> None:
+    """relu backward as torch's select (h <= 0 ? 0 : g; 2026-12-02, new code in every tier): inf / NaN in dY at a
+    dead unit gives dA = 0 there, as the reference and nn.RNN give (tests/test_relu_backward.py)."""
+    Y, w, dY, dhn, dead = dead_unit_case(5, 4, 24)
+    with expect_ran(tier):
+        dA, dh0 = cuda_backend.backward(dY.cuda(), dhn.cuda(), Y.cuda(), w.cuda(), None, False, "relu", tier, False)
+    dA, dh0 = dA.cpu(), dh0.cpu()
+    rA, rh0 = ref.backward(dY, dhn, Y, w, None, False, "relu")
+    assert torch.equal(dA[dead], torch.zeros_like(dA[dead])) and torch.isfinite(dA).all() and torch.isfinite(dh0).all()
+    torch.testing.assert_close(dA, rA, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dh0, rh0, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Module, determinism, streams, graphs, errors
 # ---------------------------------------------------------------------------------------------------------------
