@@ -28,15 +28,18 @@ def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor 
 class ProjectionRecompute:
     """``input_projection(x, w_ih, b_ih, b_hh)`` [T, B, H] once more, for ElmanRecurrence's backward after an in-place
     edit of its output. Created per layer-direction (references only); ``arm()``, called by the forward only when a
-    graph is being recorded, notes their versions, and a call raises autograd's in-place error if one of them has
-    been edited since, else computes P in the autocast state it is given (the forward's: the same dtype and values).
-    Holds the tensors themselves (x and w_ih are held by the projection's own backward anyway; none of them can
-    reach the recurrence's graph node, so no reference cycle)."""
+    graph is being recorded, keeps detached aliases (the same storage and version counters; a module .to() between
+    forward and backward rebinds the Parameters' data, not these) with their versions, and a call raises autograd's
+    in-place error if one of them has been edited since, else computes P in the autocast state it is given (the
+    forward's: the same dtype and values). ``inputs``: the tensors themselves, for the double-backward guard's edges
+    (x and w_ih are held by the projection's own backward anyway; none of them can reach the recurrence's graph
+    node, so no reference cycle)."""
 
-    __slots__ = ("_args", "_versions")
+    __slots__ = ("_args", "_held", "_versions")
 
     def __init__(self, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> None:
         self._args = (x, w_ih, b_ih, b_hh)
+        self._held: tuple[Tensor | None, ...] = ()
         self._versions: tuple[int, ...] = ()
 
     @property
@@ -45,17 +48,18 @@ class ProjectionRecompute:
         return tuple(t for t in self._args if t is not None)
 
     def arm(self) -> None:
-        self._versions = tuple(0 if t is None else t._version for t in self._args)
+        self._held = tuple(None if t is None else t.detach() for t in self._args)
+        self._versions = tuple(0 if t is None else t._version for t in self._held)
 
     def __call__(self, dev: str, amp: bool, amp_dtype: torch.dtype | None) -> Tensor:
-        for t, v, name in zip(self._args, self._versions, ("the layer input", "w_ih", "b_ih", "b_hh")):
+        for t, v, name in zip(self._held, self._versions, ("the layer input", "w_ih", "b_ih", "b_hh")):
             if t is not None and t._version != v:
                 raise RuntimeError(
                     f"one of the variables needed for gradient computation has been modified by an inplace "
                     f"operation: {name} of a fused_rnn layer is at version {t._version}; expected version {v} "
                     f"instead.")
         with torch.no_grad(), torch.autocast(dev, dtype=amp_dtype, enabled=amp):
-            return input_projection(*self._args).contiguous()
+            return input_projection(*self._held).contiguous()
 
 
 def projection_recompute(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None

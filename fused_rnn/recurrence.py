@@ -94,7 +94,12 @@ class ElmanRecurrence(torch.autograd.Function):
                 nonlinearity: str, backend: str, tier: str, allow_tf32: bool,
                 consume_p: bool = False, recompute_p: Callable[..., Tensor] | None = None) -> tuple[Tensor, Tensor]:
         h0 = h0.contiguous()
-        w_hh = w_hh.contiguous()
+        # A detached alias of w_hh (same storage and version counter) is what is saved and computed with: a module
+        # .to(dtype / device) between forward and backward rebinds the Parameter's data, which would change a saved
+        # Parameter under the backward (nn.RNN's backward keeps the forward's weights). The input itself is kept
+        # for the double-backward guard's edges.
+        ctx.w_link = w_hh if w_hh.requires_grad else None
+        w_hh = w_hh.contiguous().detach()
         T, B, H = P.shape
         mod = backend_module(backend)
         into = getattr(mod, "forward_into", None) if consume_p else None
@@ -246,10 +251,10 @@ def _backward(ctx, dY: Tensor, dh_n: Tensor) -> tuple:
         ctx.recovery = None
     if rec is not None and rec.y_edited():
         Y, h0, w_hh, lengths = rec.recompute(ctx)  # the output was edited in place (see ElmanRecurrence)
-        sources = (h0, w_hh, *getattr(rec.recompute_p, "inputs", ()))
+        sources = (h0, ctx.w_link, *getattr(rec.recompute_p, "inputs", ()))
     else:
         Y, h0, w_hh, lengths = ctx.saved_tensors
-        sources = (Y, h0, w_hh)  # Y unpacked from the saved output: its grad_fn is this node (P and beyond)
+        sources = (Y, h0, ctx.w_link)  # Y unpacked from the saved output: its grad_fn is this node (P and beyond)
         if getattr(ctx, "y_watch", None) is not None:
             _check_unpacked_y(Y, *ctx.y_watch)
     T, B, H = Y.shape

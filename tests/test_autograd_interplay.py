@@ -249,3 +249,22 @@ def test_saved_tensor_hooks(backend: str, kind: str, edit: bool) -> None:
             _hooked(kind, edit)(ours, x, h0)
     else:
         _close(_hooked(kind, edit)(ours, x, h0), want)
+
+
+@pytest.mark.parametrize("edit", [False, True], ids=["plain", "output-edited"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_module_cast_between_forward_and_backward(backend: str, edit: bool) -> None:
+    """module.float() between forward and backward rebinds every Parameter's data; nn.RNN's backward keeps the
+    forward's weights, and so does ours (w_hh is saved, and the recompute's inputs held, as detached aliases)."""
+    res = []
+    for m in _pair(backend, num_layers=2):
+        x, h0 = _x(2)
+        x.requires_grad_(True)
+        out, h_n = m(x, h0)
+        if edit:
+            out.mul_(2.0)
+        m.float()
+        (out.sum() + h_n.sum()).backward()
+        res.append([x.grad] + [p.grad for p in m.parameters()])
+    assert [g.dtype for g in res[1]] == [g.dtype for g in res[0]]
+    _close(res[1], res[0])
