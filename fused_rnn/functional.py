@@ -13,7 +13,7 @@ from torch import Tensor
 from . import _lazy_compile
 from .backends.select import resolve
 from .precision import allow_tf32 as _allow_tf32
-from .recurrence import recurrence
+from .recurrence import check_unedited, recurrence
 
 
 def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
@@ -52,21 +52,18 @@ class ProjectionRecompute:
         self._versions = tuple(0 if t is None else t._version for t in self._held)
 
     def __call__(self, dev: str, amp: bool, amp_dtype: torch.dtype | None) -> Tensor:
-        for t, v, name in zip(self._held, self._versions, ("the layer input", "w_ih", "b_ih", "b_hh")):
-            if t is not None and t._version != v:
-                raise RuntimeError(
-                    f"one of the variables needed for gradient computation has been modified by an inplace "
-                    f"operation: {name} of a fused_rnn layer is at version {t._version}; expected version {v} "
-                    f"instead.")
+        names = (f"{n} of a fused_rnn layer" for n in ("the input", "w_ih", "b_ih", "b_hh"))
+        check_unedited(zip(self._held, self._versions, names))
         with torch.no_grad(), torch.autocast(dev, dtype=amp_dtype, enabled=amp):
             return input_projection(*self._held).contiguous()
 
 
 def projection_recompute(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None
                          ) -> ProjectionRecompute | None:
-    """A ProjectionRecompute in eager mode; None while torch.jit.trace / torch.compile / torch.export trace (a traced
-    graph would record the object as a constant, and there the recurrence saves Y plainly anyway)."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    """A ProjectionRecompute in eager mode with grad enabled; None when no graph is recorded, and while
+    torch.jit.trace / torch.compile / torch.export trace (a traced graph would record the object as a constant, and
+    there the recurrence saves Y plainly anyway)."""
+    if not torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return None
     return ProjectionRecompute(x, w_ih, b_ih, b_hh)
 

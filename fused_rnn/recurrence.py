@@ -8,7 +8,7 @@ It is once-differentiable: double backward raises a clear error instead of silen
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -117,21 +117,21 @@ class ElmanRecurrence(torch.autograd.Function):
         else:
             Y, h_n = mod.forward(P.contiguous(), h0, w_hh, lengths, reverse, nonlinearity, tier, allow_tf32)
         ctx.save_for_backward(Y, h0, w_hh, lengths)
-        ctx.recovery = None
-        if (recompute_p is not None and any(ctx.needs_input_grad) and not torch.compiler.is_compiling()
-                and not torch.jit.is_tracing() and _no_saved_tensor_hooks()):
-            arm = getattr(recompute_p, "arm", None)
-            if arm is not None:
-                arm()
-            ctx.recovery = _Recovery(recompute_p, Y, h0, w_hh, lengths)
-        ctx.y_watch = None
-        if (ctx.recovery is None and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-                and any(ctx.needs_input_grad) and not Y.is_inference() and not _no_saved_tensor_hooks()):
-            # Saved-tensor hooks own Y. One that hands back the very tensor it was given (save_on_cpu on CPU
-            # tensors, an identity pack) skips autograd's version check, and an in-place edit of the output would
-            # reach the backward's Y unnoticed: wrong gradients, where nn.RNN's are right. A weak reference and the
-            # version let the backward see that case and raise (_check_unpacked_y).
-            ctx.y_watch = (weakref.ref(Y), Y._version)
+        ctx.recovery = ctx.y_watch = None
+        if (any(ctx.needs_input_grad) and not Y.is_inference() and not torch.compiler.is_compiling()
+                and not torch.jit.is_tracing()):  # an eager graph is being recorded
+            if _no_saved_tensor_hooks():
+                if recompute_p is not None:
+                    arm = getattr(recompute_p, "arm", None)
+                    if arm is not None:
+                        arm()
+                    ctx.recovery = _Recovery(recompute_p, Y, h0, w_hh, lengths)
+            else:
+                # Saved-tensor hooks own Y. One that hands back the very tensor it was given (save_on_cpu on CPU
+                # tensors, an identity pack) skips autograd's version check, and an in-place edit of the output
+                # would reach the backward's Y unnoticed: wrong gradients, where nn.RNN's are right. A weak
+                # reference and the version let the backward see that case and raise (_check_unpacked_y).
+                ctx.y_watch = (weakref.ref(Y), Y._version)
         ctx.reverse = reverse
         ctx.nonlinearity = nonlinearity
         ctx.backend = backend
@@ -160,6 +160,21 @@ class ElmanRecurrence(torch.autograd.Function):
             # its own leaf was skipped there and hvp / jvp / gradgradcheck came back silently wrong.
             grads = _guard_double_backward(grads, (dY, dh_n, *sources))
         return grads
+
+
+def inplace_error(what: str, version: int, expected: int, hint: str = "") -> RuntimeError:
+    """Autograd's in-place error (its wording, so code matching it still does) for ``what`` edited since the
+    forward."""
+    return RuntimeError(f"one of the variables needed for gradient computation has been modified by an inplace "
+                        f"operation: {what} is at version {version}; expected version {expected} instead.{hint}")
+
+
+def check_unedited(items: Iterable[tuple[Tensor | None, int, str]]) -> None:
+    """(tensor, its version at the forward, what it is) for each: raise ``inplace_error`` for the first one edited in
+    place since."""
+    for t, v, what in items:
+        if t is not None and t._version != v:
+            raise inplace_error(what, t._version, v)
 
 
 def _no_saved_tensor_hooks() -> bool:
@@ -193,12 +208,8 @@ class _Recovery:
     def recompute(self, ctx) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """(Y [T,B,H] as the forward computed it, h0, w_hh, lengths). h0 and w_hh edited in place since the forward
         raise autograd's error, as they would have from the saved tensors."""
-        for t, v, name in ((self.h0, self.versions[1], "h0"), (self.w_hh, self.versions[2], "w_hh")):
-            if t._version != v:
-                raise RuntimeError(
-                    f"one of the variables needed for gradient computation has been modified by an inplace "
-                    f"operation: {name} of fused_rnn's ElmanRecurrence is at version {t._version}; expected "
-                    f"version {v} instead.")
+        check_unedited(((self.h0, self.versions[1], "h0 of fused_rnn's ElmanRecurrence"),
+                        (self.w_hh, self.versions[2], "w_hh of fused_rnn's ElmanRecurrence")))
         with torch.no_grad(), torch.autocast(self.dev, dtype=self.amp_dtype, enabled=self.amp):
             P = self.recompute_p(self.dev, self.amp, self.amp_dtype)
             if P.shape[1] == 0:
@@ -277,12 +288,11 @@ def _check_unpacked_y(Y: Tensor, ref: weakref.ref, version: int) -> None:
     live = ref()
     if (live is not None and live._version != version and Y.numel() > 0
             and Y.untyped_storage().data_ptr() == live.untyped_storage().data_ptr()):
-        raise RuntimeError(
-            f"one of the variables needed for gradient computation has been modified by an inplace operation: "
-            f"output 0 of fused_rnn's ElmanRecurrence is at version {live._version}; expected version {version} "
-            f"instead. A saved-tensor hook (e.g. torch.autograd.graph.save_on_cpu on CPU tensors) handed back the "
-            f"output itself, so the edit reached what the backward reads: edit a copy of the output (out = out * "
-            f"2) under such hooks.")
+        raise inplace_error(
+            "output 0 of fused_rnn's ElmanRecurrence", live._version, version,
+            " A saved-tensor hook (e.g. torch.autograd.graph.save_on_cpu on CPU tensors) handed back the output "
+            "itself, so the edit reached what the backward reads: edit a copy of the output (out = out * 2) under "
+            "such hooks.")
 
 
 def _keep_graph() -> bool:
