@@ -118,8 +118,9 @@ class ElmanRecurrence(torch.autograd.Function):
             Y, h_n = mod.forward(P.contiguous(), h0, w_hh, lengths, reverse, nonlinearity, tier, allow_tf32)
         ctx.save_for_backward(Y, h0, w_hh, lengths)
         ctx.recovery = ctx.y_watch = None
-        if (any(ctx.needs_input_grad) and not Y.is_inference() and not torch.compiler.is_compiling()
-                and not torch.jit.is_tracing()):  # an eager graph is being recorded
+        # an eager graph is being recorded (the tracing checks first: Dynamo must not see the rest)
+        if (not torch.compiler.is_compiling() and not torch.jit.is_tracing() and any(ctx.needs_input_grad)
+                and not Y.is_inference()):
             if _no_saved_tensor_hooks():
                 if recompute_p is not None:
                     arm = getattr(recompute_p, "arm", None)
