@@ -46,17 +46,37 @@ def _dist_version(*names: str) -> str | None:
 # cloud VM is often just "AMD EPYC", which let a Zen 5 (family 26) be written up as Zen 4 for three stops; the
 # family and model say which it is. Family 25 holds both Zen 3 and Zen 4, told apart by model range.
 _AMD_ZEN4_MODELS = (range(0x10, 0x20), range(0x60, 0x80), range(0xA0, 0xB0))
+# Intel's family-6 server models (cpuid, decimal as /proc/cpuinfo prints them) -> core generation. Client models are
+# too many to list; they stay unnamed (cpu_kind then says "Intel family 6 model N", which is still a distinct kind).
+_INTEL_SERVER_MODELS = {85: "Skylake-SP/Cascade Lake", 106: "Ice Lake-SP", 108: "Ice Lake-SP",
+                        143: "Sapphire Rapids", 207: "Emerald Rapids", 173: "Granite Rapids", 174: "Granite Rapids",
+                        175: "Sierra Forest"}
 # The flags that decide which CPU kernels and which of torch's kernels run (fused_rnn.policy.cpu_isa's classes and
 # oneDNN's AMX/FP16 paths), recorded as found.
 _CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16",
               "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
 
 
+def _core_name(vendor: str | None, family: int | None, model: int | None) -> str | None:
+    if family is None or model is None:
+        return None
+    if vendor == "AuthenticAMD":
+        if family == 23:
+            return "Zen/Zen+/Zen 2"
+        if family == 25:
+            return "Zen 4" if any(model in r for r in _AMD_ZEN4_MODELS) else "Zen 3"
+        if family == 26:
+            return "Zen 5"
+    elif vendor == "GenuineIntel" and family == 6:
+        return _INTEL_SERVER_MODELS.get(model)
+    return None
+
+
 def cpu_identity(cpuinfo: str) -> dict[str, Any]:
     """/proc/cpuinfo's text -> {vendor, family, model, stepping, model_name, core, flags} of its first CPU.
 
-    ``core`` names AMD's generation from the family and model (None where this table does not know it, e.g. Intel,
-    whose model numbers do not map to a generation simply); ``flags`` lists which of ``_CPU_FLAGS`` are present.
+    ``core`` names the generation from the family and model (AMD's Zen generations, Intel's server cores; None where
+    these tables do not know it); ``flags`` lists which of ``_CPU_FLAGS`` are present.
     """
     first = cpuinfo.split("\n\n", 1)[0]
     fields: dict[str, str] = {}
@@ -72,18 +92,32 @@ def cpu_identity(cpuinfo: str) -> dict[str, Any]:
             return None
 
     vendor, family, model = fields.get("vendor_id"), num("cpu family"), num("model")
-    core = None
-    if vendor == "AuthenticAMD" and family is not None and model is not None:
-        if family == 23:
-            core = "Zen/Zen+/Zen 2"
-        elif family == 25:
-            core = "Zen 4" if any(model in r for r in _AMD_ZEN4_MODELS) else "Zen 3"
-        elif family == 26:
-            core = "Zen 5"
+    core = _core_name(vendor, family, model)
     present = set(fields.get("flags", "").split())
     return {"vendor": vendor, "family": family, "model": model, "stepping": num("stepping"),
             "model_name": fields.get("model name"), "core": core,
             "flags": [f for f in _CPU_FLAGS if f in present]}
+
+
+def cpu_kind(ident: dict[str, Any] | None) -> str:
+    """The core kind a CPU measurement holds for, from :func:`cpu_identity`: "AMD Zen 5", "Intel Emerald Rapids",
+    "Intel family 6 model 183" where the generation is not named, "" where nothing is known (no /proc/cpuinfo).
+
+    The same ISA class runs at different relative speeds on different cores (a Zen 5 has a 512-bit FMA datapath,
+    Intel server cores two 512-bit FMA ports and other cache and oneDNN kernels), so `auto`'s measured tables are keyed
+    by this as well as by the ISA class and the thread count (fused_rnn/policy.py, rule 4).
+    """
+    if not ident or not ident.get("vendor"):
+        return ""
+    vendor = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}.get(ident["vendor"], ident["vendor"])
+    # named from family and model, not from a recorded "core": a run recorded before a generation was named here
+    # must give the same kind as the machine it ran on gives today
+    core = _core_name(ident["vendor"], ident.get("family"), ident.get("model"))
+    if core:
+        return f"{vendor} {core}"
+    if ident.get("family") is None:
+        return vendor
+    return f"{vendor} family {ident['family']} model {ident.get('model')}"
 
 
 def read_cpu_identity() -> dict[str, Any] | None:

@@ -320,16 +320,18 @@ def _region(ev: tuple[Evidence, ...], call: CallInfo) -> str:
 
 def _cpu_region(d: Decision, call: CallInfo) -> str:
     ev = d.evidence
-    table, exact = policy._pick_table(policy._cpu_tables(), policy.cpu_isa(), call.threads)
+    table, exact = policy._pick_table(policy._cpu_tables(), policy.cpu_isa(), call.threads, policy.cpu_core())
     where = ""
     if table is not None:
-        machine = f" ({table.machine})" if table.machine else ""
+        machine = f" ({table.machine}{f', {table.core}' if table.core and table.core not in table.machine else ''})" \
+            if table.machine else (f" ({table.core})" if table.core else "")
         prelim = ", preliminary data" if table.preliminary else ""
         where = (f" on {_ISA_WORDS.get(table.isa, table.isa)}{machine}, {table.threads} "
                  f"thread{'s' * (table.threads != 1)}, {table.date}{prelim}")
         if not exact:
-            where += (f" (borrowed for {call.threads} thread{'s' * (call.threads != 1)} with the strong margin "
-                      f"×{policy.STRONG_MARGIN[0]:g})")
+            here = policy.cpu_core() or "an unknown core"
+            where += (f" (borrowed for {call.threads} thread{'s' * (call.threads != 1)} on {here} with the strong "
+                      f"margin ×{policy.STRONG_MARGIN[0]:g})")
     margin = policy.MARGIN if exact else policy.STRONG_MARGIN
     if d.rule == "measured-win":
         worst = min(ev, key=lambda e: e.ratio)

@@ -5,14 +5,15 @@ machine with any ISA, thread count or GPU capability (tests/test_policy.py). ``s
 facts of the running process and calls :func:`decide`; under torch.compile / torch.export it is never called (auto
 keeps the fused opaque ops there, see select.py), so no comparison here becomes a guard of a compiled graph.
 
-**Key.** Device kind; on the CPU the ISA class (:func:`cpu_isa`) and torch's intra-op threads; on CUDA the compute
+**Key.** Device kind; on the CPU the ISA class (:func:`cpu_isa`), the core kind (:func:`cpu_core`: vendor and
+generation) and torch's intra-op threads; on CUDA the compute
 capability and the TF32 settings; the dtype (the autocast dtype under autocast); B (batch), H (hidden);
 layers × directions; and the mode: ``training`` = grad enabled and something (input, hx or a parameter) requires
 grad, judged by the forward+backward figures, else the forward-only figures.
 
 **Evidence.** Tables of measured cells, each cell one (dtype, mode, B, H) point of a grid:
   - CPU (``policy_data.CPU_TABLES``, generated from a bench grid run by ``python -m bench.policy``): per machine
-    kind (ISA class, threads) the median and 20th-percentile ratio nn.RNN time / fused ``cpu`` time over ≥ 10
+    kind (ISA class, core kind, threads) the median and 20th-percentile ratio nn.RNN time / fused ``cpu`` time over ≥ 10
     interleaved rounds, with the machine, date and the committed run file (bench/results/) it came from.
   - CUDA (``GPU_TABLES`` below): the committed H200 figures of 2026-11-27 -- cuDNN's whole layer
     (bench/results/H200-2026-11-27-cudnn-baseline.json) against the fused tier's kernel time per step
@@ -30,10 +31,14 @@ grad, judged by the forward+backward figures, else the forward-only figures.
      per-layer-direction recurrences of the same (B, H), plus input GEMMs of the same size on both sides, so when
      every layer-direction is a win by m, the stack's ratio of sums is ≥ 1 (it moves toward 1, not below); a stack
      is judged by its (B, H) cell. The input size I is left out of the key by the same argument.
-  4. CPU machine kinds not measured (threads or ISA class without a table): the nearest table -- same ISA class
-     first, then the closest thread count -- with the strong margin (median ≥ 2.0, p20 ≥ 1.75); half precision is
-     never carried across an AMX difference (AMX speeds up nn.RNN's bf16/fp16 GEMMs by a factor never measured
-     here); ISA class "other" (no AVX2: non-x86 or an old CPU) is always native.
+  4. CPU machine kinds not measured (ISA class, core kind or threads without a table): the nearest table -- same
+     ISA class and core kind first, then the same ISA class, then the closest thread count -- with the strong margin
+     (median ≥ 2.0, p20 ≥ 1.75). The core kind is part of the key because one ISA class runs at different relative
+     speeds on different cores (AVX-512 + BF16 on a Zen 5 and on an Intel Emerald Rapids: the two grids of
+     bench/results/ differ cell by cell); an unknown core ("" -- no /proc/cpuinfo) matches no table exactly. Half
+     precision is never carried across an AMX or BF16 difference (AMX speeds up nn.RNN's bf16/fp16 GEMMs, the BF16
+     dot product the fused kernels, by factors never measured across); ISA class "other" (no AVX2: non-x86 or an
+     old CPU) is always native.
   5. CUDA: a compute capability not on the verified list → native (no fused tier has run there); fp64 → native
      (no fused tier has an fp64 kernel; fallback upcasts nothing and loses to cuDNN). fp32 where cuDNN's TF32
      setting differs from fused_rnn's fp32 precision (``precision.allow_tf32()``): native would compute at a
@@ -194,10 +199,12 @@ class CpuTable:
     run_file: str = ""
     preliminary: bool = True
     note: str = ""  # the run's conditions, e.g. "shared machine, load 9-60"
+    core: str = ""  # the core kind measured (cpu_core(): "AMD Zen 5", "Intel Emerald Rapids"); "" = not recorded
 
     def source(self) -> str:
         pre = ", PRELIMINARY" if self.preliminary else ""
-        return (f"{self.machine or self.isa}, {self.threads} thread(s), {self.date}, "
+        core = f" ({self.core})" if self.core and self.core not in self.machine else ""
+        return (f"{self.machine or self.isa}{core}, {self.threads} thread(s), {self.date}, "
                 f"{self.run_file or 'no run file'}{pre}")
 
 
@@ -307,6 +314,18 @@ def cpu_isa() -> str:
     return "other"
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_core() -> str:
+    """This CPU's core kind (vendor and generation, e.g. "Intel Emerald Rapids"; "" where unknown): the part of the
+    machine kind the ISA class does not say (rule 4)."""
+    from ._config import cpu_kind, read_cpu_identity
+
+    try:
+        return cpu_kind(read_cpu_identity())
+    except Exception:
+        return ""
+
+
 def _fused_bf16_kernels() -> bool:
     """Whether the C++ CPU backend runs its AVX512-BF16 kernels here (False when the extension is missing)."""
     try:
@@ -359,7 +378,7 @@ def decide(device_type: str, dtype: torch.dtype | str, B: int, H: int, layers: i
            training: bool, *, fused_backend: str, isa: str = "other", threads: int = 1,
            capability: tuple[int, int] | None = None, verified_capabilities: tuple[tuple[int, int], ...] = ((9, 0),),
            fused_tf32: bool = False, cudnn_tf32: bool = True, cpu_tables: tuple | None = None,
-           gpu_tables: tuple[GpuTable, ...] | None = None, T: int | None = None) -> Decision:
+           gpu_tables: tuple[GpuTable, ...] | None = None, T: int | None = None, core: str = "") -> Decision:
     """`auto`'s choice for one call (rules in the module docstring). Pure: every machine fact is an argument.
 
     Args:
@@ -368,7 +387,7 @@ def decide(device_type: str, dtype: torch.dtype | str, B: int, H: int, layers: i
         B, H: batch and hidden size; layers, directions: the module's stack.
         training: grad enabled and something requires grad (judged by the fwd+bwd figures).
         fused_backend: the fused backend auto would run ("cpu", "cuda", "reference", ...).
-        isa, threads: CPU ISA class (cpu_isa()) and torch.get_num_threads().
+        isa, threads: CPU ISA class (cpu_isa()) and torch.get_num_threads(); core: the core kind (cpu_core()).
         capability: CUDA compute capability; verified_capabilities: those the fused tiers passed on.
         fused_tf32: fused_rnn's fp32 matmuls may use TF32 (precision.allow_tf32()); cudnn_tf32: cuDNN's RNN may.
         cpu_tables, gpu_tables: the evidence (default: policy_data.CPU_TABLES, GPU_TABLES).
@@ -382,7 +401,7 @@ def decide(device_type: str, dtype: torch.dtype | str, B: int, H: int, layers: i
                                f"by its (B, H) cell: rule 3)"
     if device_type == "cpu":
         d = _decide_cpu(dkey, mode, B, H, stack, fused_backend, isa, threads,
-                        _cpu_tables() if cpu_tables is None else cpu_tables)
+                        _cpu_tables() if cpu_tables is None else cpu_tables, core)
         floor = short_sequence_floor(H, training)
         if d.path == "cpu" and T is not None and T < floor:
             return Decision("native", "", "short-sequence",
@@ -403,15 +422,16 @@ def _cpu_tables() -> tuple[CpuTable, ...]:
     return tuple(CpuTable(**t) for t in policy_data.CPU_TABLES)
 
 
-def _pick_table(tables: tuple[CpuTable, ...], isa: str, threads: int) -> tuple[CpuTable | None, bool]:
-    """(table, exact): the table of (isa, threads), else the nearest (rule 4), else None."""
+def _pick_table(tables: tuple[CpuTable, ...], isa: str, threads: int,
+                core: str = "") -> tuple[CpuTable | None, bool]:
+    """(table, exact): the table of (isa, core, threads), else the nearest (rule 4), else None."""
     for t in tables:
-        if t.isa == isa and t.threads == threads:
+        if t.isa == isa and t.core == core and t.threads == threads:
             return t, True
     if not tables:
         return None, False
-    same = [t for t in tables if t.isa == isa]
-    pool = same or list(tables)
+    pool = ([t for t in tables if t.isa == isa and t.core == core] or [t for t in tables if t.isa == isa]
+            or list(tables))
 
     def dist(t: CpuTable) -> tuple[float, int]:
         return (abs(math.log2(max(t.threads, 1)) - math.log2(max(threads, 1))), -t.threads)
@@ -420,14 +440,14 @@ def _pick_table(tables: tuple[CpuTable, ...], isa: str, threads: int) -> tuple[C
 
 
 def _decide_cpu(dkey: str, mode: str, B: int, H: int, stack: str, fused_backend: str, isa: str, threads: int,
-                tables: tuple[CpuTable, ...]) -> Decision:
+                tables: tuple[CpuTable, ...], core: str = "") -> Decision:
     if fused_backend != "cpu":
         return Decision("native", "", "no-fast-fused",
                         f"the C++ CPU backend is not available (auto's fused path would be {fused_backend!r})")
     if isa not in ISA_CLASSES[:-1]:
         return Decision("native", "", "unmeasured-isa",
                         f"CPU ISA class {isa!r}: fused_rnn is measured on x86-64 with AVX2 or AVX-512 only")
-    table, exact = _pick_table(tables, isa, threads)
+    table, exact = _pick_table(tables, isa, threads, core)
     if table is None:
         return Decision("native", "", "no-data", "no CPU measurements are committed")
     margin = MARGIN if exact else STRONG_MARGIN
@@ -454,9 +474,12 @@ def _decide_cpu(dkey: str, mode: str, B: int, H: int, stack: str, fused_backend:
             med, p20 = float(c[0]), float(c[1])
             ev.append(Evidence(dkey, mode, b, h, med, p20, med >= margin[0] and p20 >= margin[1],
                                detail=f"T={c[2]}" if len(c) > 2 else ""))
+    def kind(i: str, c: str, n: int) -> str:
+        return f"{i}{f' on {c}' if c else ''}, {n} thread(s)"
+
     where = ("on the measured machine kind" if exact else
-             f"borrowed from {table.isa}, {table.threads} thread(s) for {isa}, {threads} thread(s) with the strong "
-             "margin (rule 4)")
+             f"borrowed from {kind(table.isa, table.core, table.threads)} for "
+             f"{kind(isa, core or 'an unknown core', threads)} with the strong margin (rule 4)")
     need = f"median ≥ {margin[0]}, p20 ≥ {margin[1]}"
     if all(e.win for e in ev):
         worst = min(ev, key=lambda e: e.ratio)
@@ -525,5 +548,6 @@ def _decide_cuda(dkey: str, mode: str, B: int, H: int, stack: str, fused_backend
     return Decision("native", "", "measured-loss", f"{why}{stack}", tuple(ev), table.source)
 
 
-__all__ = ["Decision", "Evidence", "Measured", "CpuTable", "GpuTable", "GpuCell", "decide", "cpu_isa", "bracket",
+__all__ = ["Decision", "Evidence", "Measured", "CpuTable", "GpuTable", "GpuCell", "decide", "cpu_isa", "cpu_core",
+           "bracket",
            "MARGIN", "STRONG_MARGIN", "GPU_MARGIN", "GPU_TABLES", "gpu_ratio", "gpu_gemm_us"]

@@ -24,7 +24,7 @@ from bench.floor import floor_us_per_step, model_flops  # noqa: E402
 from bench.providers import Provider, discover  # noqa: E402
 from bench.runner import Runner  # noqa: E402
 from fused_rnn import _ext, policy  # noqa: E402
-from fused_rnn._config import _CPU_FLAGS, cpu_identity  # noqa: E402
+from fused_rnn._config import _CPU_FLAGS, cpu_identity, cpu_kind  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -59,8 +59,10 @@ def test_tiny_plot_written(tiny_run):
 
 
 # /proc/cpuinfo excerpts (first CPU block, then a second block that must be ignored). The family/model pairs are
-# AMD's published cpuid values: 25/1 EPYC Milan (Zen 3), 25/17 EPYC Genoa (Zen 4), 26/2 this VM (Zen 5, reported
-# as model name "AMD EPYC" only), 23/49 EPYC Rome (Zen 2), and an Intel Sapphire Rapids (6/143, AMX).
+# AMD's published cpuid values: 25/1 EPYC Milan (Zen 3), 25/17 EPYC Genoa (Zen 4), 26/2 the AMD VM of 2026-12-01
+# (Zen 5, reported as model name "AMD EPYC" only), 23/49 EPYC Rome (Zen 2); Intel's 6/143 Sapphire Rapids (AMX),
+# 6/207 Emerald Rapids (the 2026-12-07 VM, whose hypervisor hides AMX) and 6/183 Raptor Lake (a client part, left
+# unnamed).
 _CPUINFO = """processor\t: 0
 vendor_id\t: {vendor}
 cpu family\t: {family}
@@ -81,13 +83,37 @@ cpu family\t: 99
     ("AuthenticAMD", 25, 97, "avx512f", "Zen 4"),
     ("AuthenticAMD", 26, 2, "avx512f avx512_bf16 avx_vnni", "Zen 5"),
     ("AuthenticAMD", 23, 49, "", "Zen/Zen+/Zen 2"),
-    ("GenuineIntel", 6, 143, "avx512f avx512_bf16 avx512_fp16 amx_tile amx_bf16", None),
-], ids=["zen3", "zen4-genoa", "zen4-raphael", "zen5", "zen2", "intel-spr"])
+    ("GenuineIntel", 6, 143, "avx512f avx512_bf16 avx512_fp16 amx_tile amx_bf16", "Sapphire Rapids"),
+    ("GenuineIntel", 6, 207, "avx512f avx512_bf16 avx512_fp16", "Emerald Rapids"),
+    ("GenuineIntel", 6, 183, "avx_vnni", None),
+], ids=["zen3", "zen4-genoa", "zen4-raphael", "zen5", "zen2", "intel-spr", "intel-emr-no-amx-exposed",
+        "intel-client-unnamed"])
 def test_cpu_identity_names_the_machine_from_family_and_model(vendor, family, model, flags, core):
     info = cpu_identity(_CPUINFO.format(vendor=vendor, family=family, model=model, name="X", flags=flags))
     assert (info["vendor"], info["family"], info["model"], info["stepping"]) == (vendor, family, model, 1)
     assert info["core"] == core
     assert info["flags"] == ["avx2", "fma"] + [f for f in _CPU_FLAGS if f in flags.split()]
+
+
+@pytest.mark.parametrize("vendor,family,model,kind", [
+    ("AuthenticAMD", 26, 2, "AMD Zen 5"),
+    ("GenuineIntel", 6, 207, "Intel Emerald Rapids"),
+    ("GenuineIntel", 6, 183, "Intel family 6 model 183"),
+    ("HygonGenuine", 24, 1, "HygonGenuine family 24 model 1"),
+], ids=["zen5", "intel-emr", "intel-unnamed", "other-vendor"])
+def test_cpu_kind_distinguishes_vendor_and_generation(vendor, family, model, kind):
+    # auto's tables are keyed by this kind (fused_rnn/policy.py rule 4): two generations must never share a name
+    assert cpu_kind(cpu_identity(_CPUINFO.format(vendor=vendor, family=family, model=model, name="X",
+                                                  flags=""))) == kind
+
+
+def test_cpu_kind_names_old_records_like_new_ones():
+    # a run recorded before Intel generations were named (core None) is the same kind as the machine today
+    assert cpu_kind({"vendor": "GenuineIntel", "family": 6, "model": 207, "core": None}) == "Intel Emerald Rapids"
+
+
+def test_cpu_kind_of_nothing_is_empty():
+    assert cpu_kind(None) == "" and cpu_kind(cpu_identity("processor\t: 0\n")) == ""
 
 
 def test_cpu_identity_tolerates_missing_fields():
@@ -710,7 +736,7 @@ def test_auto_row_follows_the_path_at_the_timed_T(monkeypatch, native_when_short
     from fused_rnn.backends import select
 
     def fake(device_type, dtype, B, H, layers, directions, training, fused, isa, threads, capability, fused_tf32,
-             cudnn_tf32, T=None):
+             cudnn_tf32, T=None, core=""):
         short = T is not None and T < 8  # select passes T = None from rule 7's floor on (one cache entry)
         if short == native_when_short:
             return policy.Decision("native", "", "test-native", "native for the test")

@@ -23,7 +23,7 @@ from bench import policy as gen  # noqa: E402
 WIN, LOSS, EDGE = (3.0, 2.6), (0.6, 0.5), (1.5, 1.3)  # (median, p20): a clear win, a loss, a win only at MARGIN
 
 
-def _table(isa: str = "avx512", threads: int = 2, cells: dict | None = None) -> CpuTable:
+def _table(isa: str = "avx512", threads: int = 2, cells: dict | None = None, core: str = "") -> CpuTable:
     """A 3 × 3 grid, B (1, 16, 256) × H (64, 256, 1024): fp32 forward wins at small B·H, loses at large;
     fp32 fwd+bwd wins everywhere but B=256; bf16 only at B=1."""
     if cells is None:
@@ -36,13 +36,13 @@ def _table(isa: str = "avx512", threads: int = 2, cells: dict | None = None) -> 
                     cells[("bf16", "fwd", b, h)] = EDGE
         cells[("fp32", "fwd", 1, 1024)] = EDGE
     return CpuTable(isa=isa, threads=threads, B=(1, 16, 256), H=(64, 256, 1024), cells=cells,
-                    machine="test machine", date="2026-12-01", run_file="bench/results/none.json")
+                    machine="test machine", date="2026-12-01", run_file="bench/results/none.json", core=core)
 
 
 def cpu(dtype="fp32", B=1, H=64, training=False, isa="avx512", threads=2, tables=None, layers=1, directions=1,
-        fused="cpu"):
+        fused="cpu", core=""):
     return decide("cpu", dtype, B, H, layers, directions, training, fused_backend=fused, isa=isa, threads=threads,
-                  cpu_tables=(_table(),) if tables is None else tables)
+                  cpu_tables=(_table(),) if tables is None else tables, core=core)
 
 
 @pytest.mark.parametrize(("B", "H", "training", "path", "rule"), [
@@ -200,6 +200,27 @@ def test_isa_rules():
     assert cpu(dtype="bf16", B=1, H=256, isa="avx512_bf16", tables=(t_bf,)).path == "cpu"  # measured there: exact
 
 
+def test_the_core_kind_is_part_of_the_machine_kind():
+    """A table holds at the normal margin only on the core it was measured on (rule 4): the same ISA class and thread
+    count on another vendor or generation borrows it with the strong margin."""
+    zen5 = _table(core="AMD Zen 5")
+    assert cpu(B=1, H=1024, core="AMD Zen 5", tables=(zen5,)).path == "cpu"  # EDGE cell, exact kind
+    for other in ("Intel Emerald Rapids", ""):  # another core, or one /proc/cpuinfo could not name
+        d = cpu(B=1, H=1024, core=other, tables=(zen5,))
+        assert d.path == "native" and d.rule == "measured-loss" and "strong margin" in d.reason, (other, d)
+        assert "AMD Zen 5" in d.reason and (other or "an unknown core") in d.reason, d.reason
+        assert cpu(B=1, H=64, core=other, tables=(zen5,)).path == "cpu"  # a WIN cell clears the strong margin
+    # with a table of its own, each core runs by its own cells, whatever the other says
+    emr = _table(core="Intel Emerald Rapids",
+                 cells={("fp32", "fwd", b, h): LOSS for b in (1, 16, 256) for h in (64, 256, 1024)})
+    assert cpu(B=1, H=64, core="Intel Emerald Rapids", tables=(zen5, emr)).path == "native"
+    assert cpu(B=1, H=64, core="AMD Zen 5", tables=(emr, zen5)).path == "cpu"
+    # the same core at another thread count is preferred over another core at the exact count
+    emr8 = _table(core="Intel Emerald Rapids", threads=8)
+    assert cpu(B=1, H=64, core="Intel Emerald Rapids", threads=2, tables=(zen5, emr8)).path == "cpu"
+    assert cpu(B=1, H=64, core="Intel Emerald Rapids", threads=2, tables=(zen5, emr)).path == "native"
+
+
 def test_no_tables_or_no_fast_backend_is_native():
     assert cpu(tables=()).rule == "no-data"
     d = cpu(fused="reference")
@@ -322,15 +343,26 @@ def test_cpu_isa_is_a_known_class():
     assert policy.cpu_isa() in policy.ISA_CLASSES
 
 
+def test_cpu_core_is_this_machines_kind():
+    from fused_rnn._config import cpu_kind, read_cpu_identity
+
+    assert policy.cpu_core() == cpu_kind(read_cpu_identity())
+
+
 # ---------------------------------------------------------------------------------------------- the data itself
 
 def test_committed_cpu_tables_load_and_name_their_evidence():
     for raw in policy_data.CPU_TABLES:
         t = CpuTable(**raw)
         assert t.isa in policy.ISA_CLASSES[:-1] and t.threads >= 1
+        assert t.core, "every committed table names the core it was measured on (rule 4)"
         assert (ROOT / t.run_file).is_file(), t.run_file
         run = json.loads((ROOT / t.run_file).read_text())
         assert run["env"]["cpu_isa"] == t.isa and run["env"]["cpu_threads"] == t.threads
+        if run["env"].get("cpu"):  # runs before 2026-12-01's cpuid record name the core in the table alone
+            from fused_rnn._config import cpu_kind
+
+            assert cpu_kind(run["env"]["cpu"]) == t.core, (t.run_file, t.core)
         assert list(t.B) == sorted(t.B) and list(t.H) == sorted(t.H)
         for (dt, mode, b, h), val in t.cells.items():
             assert dt in ("fp32", "bf16", "fp16", "fp64") and mode in ("fwd", "fwd+bwd")
@@ -374,7 +406,10 @@ def test_generator_builds_a_table_from_forced_cpu_rows():
     assert (t["isa"], t["threads"], t["B"], t["H"]) == ("avx2", 4, (1, 16), (64,))
     assert t["cells"] == {("fp32", "fwd", 1, 64): (4.0, 3.5, 100), ("fp32", "fwd", 16, 64): (0.9, 0.8, 100)}
     assert t["preliminary"] is True and t["date"] == "2026-12-02" and t["machine"] == "Test CPU 9000"
+    assert t["core"] == ""  # the run recorded no cpuid
     assert gen.table_from_run(_run_json(rows), final=True)["preliminary"] is False
+    ident = {"vendor": "GenuineIntel", "family": 6, "model": 207, "core": "Emerald Rapids"}
+    assert gen.table_from_run(_run_json(rows, cpu=ident))["core"] == "Intel Emerald Rapids"
 
 
 @pytest.mark.parametrize("bad", ["cuda-run", "unfinished", "failed", "no-isa", "no-rows"])
@@ -415,6 +450,17 @@ def test_generator_cli_writes_data_that_loads_and_keeps_other_tables(tmp_path):
                cpu_tables=cpu_tables)
     assert d.path == "cpu" and "cpu-grid-Test-CPU-9000-avx2-4t" in d.source
     assert gen.main([str(tmp_path / "missing.json"), "--data", str(data_file)]) == 2
+    # the same ISA class and threads on another core is another machine kind: both tables are kept
+    third = tmp_path / "c.json"
+    third.write_text(json.dumps(_run_json([_row("cpu", "fp32", "fwd", 1, 64, 0.5, 0.4)],
+                                          cpu={"vendor": "AuthenticAMD", "family": 26, "model": 2, "core": "Zen 5"})))
+    assert gen.main([str(third), "--data", str(data_file), "--results-dir", str(results)]) == 0
+    kinds = [(t["core"], t["threads"]) for t in runpy.run_path(str(data_file))["CPU_TABLES"]]
+    assert kinds == [("", 1), ("", 4), ("AMD Zen 5", 4)], kinds
+    cpu_tables = tuple(CpuTable(**t) for t in runpy.run_path(str(data_file))["CPU_TABLES"])
+    assert decide("cpu", "fp32", 1, 64, 1, 1, False, fused_backend="cpu", isa="avx2", threads=4,
+                  cpu_tables=cpu_tables, core="AMD Zen 5").path == "native"  # its own (losing) cell
+    assert (results / "cpu-grid-Test-CPU-9000-AMD-Zen-5-avx2-4t-2026-12-02.json").is_file()  # not over a's file
     # a final run can drop the preliminary tables of other machine kinds
     assert gen.main([str(second), "--data", str(data_file), "--results-dir", str(results), "--final",
                      "--drop-preliminary"]) == 0

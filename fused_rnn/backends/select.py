@@ -296,7 +296,7 @@ def _policy_decision(fused: str, device: torch.device, dtype: torch.dtype, B: in
         # T matters only below rule 7's floor: every longer T shares one cache entry
         t = None if T is None or T >= policy.short_sequence_floor(H, training) else int(T)
         return _decide_cached("cpu", dtype, B, H, layers, directions, training, fused, policy.cpu_isa(),
-                              torch.get_num_threads(), None, False, False, t)
+                              torch.get_num_threads(), None, False, False, t, policy.cpu_core())
     if device.type == "cuda":
         from ..precision import allow_tf32
 
@@ -308,10 +308,10 @@ def _policy_decision(fused: str, device: torch.device, dtype: torch.dtype, B: in
 @functools.lru_cache(maxsize=4096)
 def _decide_cached(device_type: str, dtype: torch.dtype, B: int, H: int, layers: int, directions: int,
                    training: bool, fused: str, isa: str, threads: int, capability: tuple[int, int] | None,
-                   fused_tf32: bool, cudnn_tf32: bool, T: int | None = None):
+                   fused_tf32: bool, cudnn_tf32: bool, T: int | None = None, core: str = ""):
     return policy.decide(device_type, dtype, B, H, layers, directions, training, fused_backend=fused, isa=isa,
                          threads=threads, capability=capability, verified_capabilities=GPU_VERIFIED_CAPABILITY,
-                         fused_tf32=fused_tf32, cudnn_tf32=cudnn_tf32, T=T)
+                         fused_tf32=fused_tf32, cudnn_tf32=cudnn_tf32, T=T, core=core)
 
 
 @functools.lru_cache(maxsize=16)
