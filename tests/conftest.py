@@ -1,4 +1,5 @@
-"""Shared test setup: seeding, GPU skipping, and the list of backends that run on CPU tensors.
+"""Shared test setup: seeding, GPU skipping, the list of backends that run on CPU tensors, and torch.compile's caches
+keyed by ATEN_CPU_CAPABILITY.
 
 Markers (gpu, gpu_quick, slow) are registered in pyproject.toml; nothing is registered here.
 """
@@ -7,9 +8,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from compile_cache import key_compile_caches_by_cpu_capability  # tests/compile_cache.py
 
 import fused_rnn
 from fused_rnn.backends.select import backend_module
+
+# The suite runs under several ATEN_CPU_CAPABILITY settings sharing one inductor cache; torch 2.14.1 leaves the vector
+# ISA out of its cache key, so a compiled graph cached by a default run gave garbage under avx2 (compile_cache.py).
+key_compile_caches_by_cpu_capability()
 
 
 def cpu_backends() -> list[str]:

@@ -9,10 +9,15 @@ and one runs the default inductor backend end to end.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+from cpu_common import AVX512_FLAGS, cpu_flags  # tests/cpu_common.py
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fused_rnn
@@ -84,6 +89,51 @@ def test_inductor_matches_eager() -> None:
     hx = torch.randn(2, 5, H, dtype=torch.float64)
     kw = {"lengths": torch.tensor([6, 1, 4, 6, 3])}
     _assert_all_close(_run(compiled, x, hx, **kw), _run(eager, x, hx, **kw))
+
+
+# One process of test_inductor_cache_is_keyed_by_aten_cpu_capability: the suite's cache keying (conftest.py), then
+# test_inductor_matches_eager's case compiled with inductor against eager; prints the capability and the names of the
+# results that differ.
+_CACHE_CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from compile_cache import key_compile_caches_by_cpu_capability
+key_compile_caches_by_cpu_capability()
+import torch
+from test_compile import I, H, _make, _run
+torch.manual_seed(0)
+eager, twin = _make("auto", num_layers=2, nonlinearity="relu", batch_first=True)
+compiled = torch.compile(twin, fullgraph=True)
+x, hx = torch.randn(5, 6, I, dtype=torch.float64), torch.randn(2, 5, H, dtype=torch.float64)
+kw = {"lengths": torch.tensor([6, 1, 4, 6, 3])}
+names = ["output", "h_n", "grad_input", "grad_hx"] + [n for n, _ in eager.named_parameters()]
+got, want = _run(compiled, x, hx, **kw), _run(eager, x, hx, **kw)
+bad = [n for n, g, w in zip(names, got, want) if not torch.allclose(g, w, rtol=1e-7, atol=1e-7)]
+print("RESULT", torch.backends.cpu.get_cpu_capability(), ",".join(bad) or "-")
+"""
+
+
+def test_inductor_cache_is_keyed_by_aten_cpu_capability(tmp_path) -> None:
+    """A default process, then one with ATEN_CPU_CAPABILITY=avx2, on one inductor cache: the second must not run what
+    the first cached (torch 2.14.1 leaves the vector ISA out of the key, and AVX-512-tiled code compiled with AVX2
+    flags left h_n and grad hx partly unwritten: tests/compile_cache.py); both match eager. (The other order was
+    right without the keying: AVX2 tiling on AVX-512 vectors only leaves lanes unused.)"""
+    flags = cpu_flags()
+    if flags is None or not AVX512_FLAGS <= flags:
+        pytest.skip("needs an AVX-512 CPU: elsewhere inductor's default vector ISA is avx2 already")
+    tests = str(Path(__file__).resolve().parent)
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "TORCH_COMPILE_CACHE_KEY_TAG")
+            and not k.startswith("TORCHINDUCTOR_")}
+    base["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")
+    runs = []
+    for env in (base, {**base, "ATEN_CPU_CAPABILITY": "avx2"}):
+        proc = subprocess.run([sys.executable, "-c", _CACHE_CHILD, tests], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(tuple(proc.stdout.split("RESULT", 1)[1].split()))
+        assert any((tmp_path / "inductor").rglob("*.py")), "the first run cached nothing: nothing would be tested"
+    assert runs == [("AVX512", "-"), ("AVX2", "-")], f"(capability, results that differ from eager) per run: {runs}"
 
 
 @pytest.mark.parametrize("reverse_only", [False, True], ids=["unidirectional", "bidirectional"])
