@@ -153,6 +153,12 @@ class Gate {
 
 }  // namespace
 
+// What a hidden-split call reports of its takeovers (cpu_last_run: "takeover=N rejoin=M").
+struct TeamStats {
+  int takeovers = 0;
+  int rejoins = 0;
+};
+
 // ---- the rounds of a hidden split ------------------------------------------------------------------------------
 // Worker i of P owns the panels [npanels·i/P, npanels·(i+1)/P) and claims them front to back, one `unit` at a time,
 // with a compare-and-swap on its own cache line; a worker whose own panels are gone takes what is left of another's
@@ -163,14 +169,21 @@ class Gate {
 // instead of waiting a time slice at every step (a fixed per-step barrier measured 3 ms/step against 0.7 ms serial
 // at B=4, H=1024 with the machine loaded ~10 on 2 cores, 2026-12-01). A worker descheduled while it holds a claimed
 // panel still delays that round.
-// If a round waits longer than kSoloAfterNs (a worker holding a panel is descheduled), the waiting worker finishes
-// the call alone and the others retire as they come back; the result bits do not depend on who computes what. On this
-// shared VM, even with nothing else of ours running, waits of 50-250 µs happen (other processes, the host): at a
-// 50 µs threshold 22 of 60 calls at B=1 H=1024 went solo and ran at serial speed from there; at 250 µs, 1 of 60
-// (median 26.8 µs/step vs 33.7), 2026-12-01. A real time-slice loss lasts milliseconds, so 250 µs still catches it.
+// If a round waits longer than kSoloAfterNs (a worker holding a panel is descheduled), the waiting worker takes the
+// call over: it runs alone, and the others, as they come back, follow the rounds without claiming (in 50 µs naps) --
+// for a lease of kSoloLeaseNs, doubled at each takeover of the same call, after which the solo worker hands the call
+// back and everyone claims again. The result bits do not depend on who computes what. On the 2-core Zen 5 VM, waits
+// of 50-250 µs happened with nothing else of ours running: at a 50 µs threshold 22 of 60 calls at B=1 H=1024 went
+// solo; at 250 µs, 1 of 60 (median 26.8 µs/step vs 33.7), 2026-12-01. A real time-slice loss lasts milliseconds, so
+// 250 µs still catches it. Why a lease rather than the rest of the call (stop 33): on the 2-core Intel Emerald Rapids
+// VM, quiet, 12 of 24 calls at T=2800 B=1 H=1024 fp32 were taken over and ran 130-430 ms against 113-150 ms (alone,
+// one core streams all of W_hh, 4 MB, from L3 where two cores keep half each in their 2 MB L2s), 2026-12-07; a
+// descheduled vCPU there comes back within a few ms, and the doubling still leaves a call alone on a machine whose
+// cores are truly taken.
 namespace {
 constexpr int64_t kStealGraceNs = 5000;
 constexpr int64_t kSoloAfterNs = 250000;
+constexpr int64_t kSoloLeaseNs = 1000000;
 }  // namespace
 
 struct Team {
@@ -179,6 +192,7 @@ struct Team {
   struct alignas(64) Range {
     std::atomic<uint64_t> word{0};  // bits 32-63: round + 1 (0: never claimed) | 16-31: lo | 0-15: hi
     int64_t pending = 0;            // panels the owner finished and has not added to `done` yet
+    bool followed = false;          // the owner followed a holder and has not claimed since
   };
 
   // Claims up to `unit` panels of worker v's range in `round` (from the front if `front`, else from the back) when
@@ -220,9 +234,43 @@ struct Team {
     return false;
   }
 
+  // Takes the call over for this worker if no one holds it; returns the holder.
+  int take_over(int worker) {
+    int expected = -1;
+    if (!solo.compare_exchange_strong(expected, worker, std::memory_order_acq_rel)) return expected;
+    solo_since_ns = now_ns();  // read and written by the holder only (the CAS orders it after the last holder)
+    takeovers.fetch_add(1, std::memory_order_relaxed);
+    return worker;
+  }
+
+  // The holder of the call (-1: none); when it is this worker and its lease has run out, the call is handed back
+  // first (and the next lease doubles).
+  int holder(int worker) {
+    const int s = solo.load(std::memory_order_acquire);
+    if (s != worker || now_ns() - solo_since_ns < lease_ns) return s;
+    lease_ns *= 2;
+    solo.store(-1, std::memory_order_release);
+    return -1;
+  }
+
+  // Another worker holds the call: wait (not claiming, in naps: this worker was just descheduled, its core may be
+  // wanted elsewhere) until `round` is complete (false) or the call is handed back (true: claim in this round).
+  bool follow(int64_t round) {
+    const int64_t target = npanels * (round + 1);
+    for (;;) {
+      if (done.load(std::memory_order_acquire) >= target) return false;
+      if (solo.load(std::memory_order_acquire) < 0) return true;
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+
   const int64_t npanels;  // < 2^16 (the claim word's fields); larger W_hh runs serially
   Gate gate;
-  std::atomic<int> solo{-1};  // >= 0: the worker that finishes the call alone, the others retire
+  std::atomic<int> solo{-1};  // >= 0: the worker that holds the call (runs it alone), the others follow
+  int64_t solo_since_ns = 0;  // holder only
+  int64_t lease_ns = kSoloLeaseNs;
+  std::atomic<int> takeovers{0};  // how many times a worker took the call over (cpu_last_run's "takeover=")
+  std::atomic<int> rejoins{0};    // first claims of a worker after it followed a holder ("rejoin=")
   int stall_worker = -1;      // test hook: this worker sleeps 1 ms in round 3 holding a claimed panel
   alignas(64) std::atomic<int64_t> done{0};  // panels completed, all rounds together
   std::unique_ptr<Range[]> ranges;
@@ -236,31 +284,38 @@ bool team_next(Team* team, int worker, int64_t round, int unit, int64_t finished
     if (me.pending > 0) team->done.fetch_add(me.pending, std::memory_order_release);
     me.pending = 0;
   };
-  int solo = team->solo.load(std::memory_order_acquire);
-  if (solo >= 0 && solo != worker) {  // another worker runs the rest of the call alone: retire
-    flush();
-    return false;
-  }
-  if (team->claim(worker, P, round, unit, true, 1, a, b)) {
-    if (worker == team->stall_worker && round == 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    return true;
-  }
-  flush();
-  if (team->steal(worker, P, round, unit, solo == worker ? 1 : 2 * unit, a, b)) return true;
   const int64_t target = team->npanels * (round + 1);
-  Backoff backoff;
   for (;;) {
-    if (team->done.load(std::memory_order_acquire) >= target) return false;
-    const int64_t waited = backoff.elapsed_ns();
-    if ((solo == worker || waited > kStealGraceNs) && team->steal(worker, P, round, unit, 1, a, b)) return true;
-    if (solo < 0 && waited > kSoloAfterNs) {
-      // A worker we wait for is not running (it holds a claimed panel): the OS has other work for this machine's
-      // cores. Finish the call alone rather than wait for a descheduled worker at every step.
-      int expected = -1;
-      solo = team->solo.compare_exchange_strong(expected, worker, std::memory_order_acq_rel) ? worker : expected;
+    int solo = team->holder(worker);
+    if (solo >= 0 && solo != worker) {  // another worker holds the call: follow it until the round ends
+      flush();
+      me.followed = true;
+      if (!team->follow(round)) return false;
+      continue;  // handed back within this round: claim again
     }
-    if (solo >= 0 && solo != worker) return false;
-    backoff.wait();
+    if (team->claim(worker, P, round, unit, true, 1, a, b)) {
+      if (me.followed) {
+        me.followed = false;
+        team->rejoins.fetch_add(1, std::memory_order_relaxed);
+      }
+      if (worker == team->stall_worker && round == 3) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      return true;
+    }
+    flush();
+    if (team->steal(worker, P, round, unit, solo == worker ? 1 : 2 * unit, a, b)) return true;
+    Backoff backoff;
+    for (;;) {
+      if (team->done.load(std::memory_order_acquire) >= target) return false;
+      const int64_t waited = backoff.elapsed_ns();
+      if ((solo == worker || waited > kStealGraceNs) && team->steal(worker, P, round, unit, 1, a, b)) return true;
+      if (solo < 0 && waited > kSoloAfterNs) {
+        // A worker we wait for is not running (it holds a claimed panel): the OS has other work for this machine's
+        // cores. Run the call alone for a while rather than wait for a descheduled worker at every step.
+        solo = team->take_over(worker);
+      }
+      if (solo >= 0 && solo != worker) break;  // another worker took the call over meanwhile: follow it
+      backoff.wait();
+    }
   }
 }
 
@@ -578,13 +633,14 @@ struct AlignedBuf {
 
 // Runs kern(work) over the workers of `path`; pack(p0, p1) packs panels [p0, p1) of W_hh where the workers do not
 // pack it themselves (the batch split: every worker reads all of it). Returns the number of workers that ran;
-// *took_over: whether one worker of a hidden split finished the call alone (see team_next).
+// *took_over: how often a worker of a hidden split took the call over, and how often one that had followed the
+// holder claimed panels again (see team_next).
 // Everything is allocated before any worker starts (a worker never throws, so no worker ever waits for one that
 // left).
 template <typename Pack, typename Kern>
 int run_workers(Path path, int64_t T_, int64_t B, int64_t H, int64_t npanels, int64_t max_rows, int64_t threads,
-                const Pack& pack, const Kern& kern, bool* took_over) {
-  *took_over = false;
+                const Pack& pack, const Kern& kern, TeamStats* took_over) {
+  *took_over = TeamStats{};
   const int64_t sbytes = (work_scratch_bytes(B) + 63) / 64 * 64;
   if (path == Path::Serial) {
     AlignedBuf scratch(sbytes);
@@ -637,13 +693,16 @@ int run_workers(Path path, int64_t T_, int64_t B, int64_t H, int64_t npanels, in
     kern(Work{0, B, p0, p1, nparts > 1 ? &team : nullptr, idx, true, scratch.data + idx * sbytes});
     if (idx == 0) used.store(nparts, std::memory_order_relaxed);
   });
-  *took_over = team.solo.load() >= 0;
+  took_over->takeovers = team.takeovers.load();
+  took_over->rejoins = team.rejoins.load();
   return used.load();
 }
 
-void set_last_run(const KernelTable& K, Path path, int workers, bool took_over) {
+void set_last_run(const KernelTable& K, Path path, int workers, const TeamStats& took_over) {
   t_last_run = std::string("isa=") + K.name + " path=" + path_name(path) + " threads=" + std::to_string(workers) +
-               (took_over ? " takeover=1" : "");
+               (took_over.takeovers > 0 ? " takeover=" + std::to_string(took_over.takeovers) +
+                                              " rejoin=" + std::to_string(took_over.rejoins)
+                                        : "");
 }
 
 // ---- per-step BLAS path (large B) ------------------------------------------------------------------------------
@@ -740,7 +799,7 @@ void bwd_blas(const at::Tensor& dYc, const at::Tensor& dhc, const at::Tensor& Yc
 template <typename T>
 int fwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& Pc, const at::Tensor& h0c,
             const at::Tensor& Wc, const int64_t* lp, at::Tensor& Y, at::Tensor& h_n, bool reverse, int act, Round rm,
-            bool* took_over) {
+            TeamStats* took_over) {
   const int64_t T_ = Pc.size(0), B = Pc.size(1), H = Pc.size(2);
   const int64_t NW = std::is_same_v<T, float> ? K.panel_f32 : K.panel_f64;
   const int64_t npanels = (H + NW - 1) / NW;
@@ -778,7 +837,7 @@ int fwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& 
 // and panels as fp32 (NW = panel_f32 columns per panel).
 int fwd_own_bf16(const KernelTable& K, Path path, int64_t threads, const at::Tensor& Pc, const at::Tensor& h0c,
                  const at::Tensor& Wc, const int64_t* lp, at::Tensor& Y, at::Tensor& h_n, bool reverse, int act,
-                 bool* took_over) {
+                 TeamStats* took_over) {
   const int64_t T_ = Pc.size(0), B = Pc.size(1), H = Pc.size(2);
   const int64_t NW = K.panel_f32;
   const int64_t npanels = (H + NW - 1) / NW;
@@ -846,7 +905,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& P, const at::Tensor
       const at::Tensor Pc = P.contiguous(), h0c = h0.contiguous(), Wc = w_hh.contiguous();
       at::Tensor Y = forward_output(Pc, L, in_place);
       at::Tensor h_n = at::empty({B, H}, Pc.options());
-      bool took_over = false;
+      TeamStats took_over;
       const int workers = fwd_own_bf16(K, path, threads, Pc, h0c, Wc, lp, Y, h_n, reverse, act, &took_over);
       set_last_run(K, path, workers, took_over);
       return {Y, h_n};
@@ -866,7 +925,7 @@ std::tuple<at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& P, const at::Tensor
   at::Tensor h_n = at::empty({B, H}, Pc.options());
 
   int workers = 1;
-  bool took_over = false;
+  TeamStats took_over;
   if (path == Path::Blas) {
     const at::Tensor Wt = Wc.t().contiguous();
     if (ct == at::kFloat) {
@@ -911,7 +970,7 @@ at::Tensor elman_fwd_inplace_cpu(const at::Tensor& P, const at::Tensor& h0, cons
 template <typename T>
 int bwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& dYc, const at::Tensor& dhc,
             const at::Tensor& Yc, const at::Tensor& Wc, const int64_t* lp, at::Tensor& dA, at::Tensor& dh0,
-            bool reverse, int act, bool* took_over) {
+            bool reverse, int act, TeamStats* took_over) {
   const int64_t T_ = Yc.size(0), B = Yc.size(1), H = Yc.size(2);
   const int64_t NW = std::is_same_v<T, float> ? K.panel_f32 : K.panel_f64;
   const int64_t npanels = (H + NW - 1) / NW;
@@ -941,7 +1000,7 @@ int bwd_own(const KernelTable& K, Path path, int64_t threads, const at::Tensor& 
 // along k, the carry C [B, H] is fp32 (dh0 = C rounded once at the end).
 int bwd_own_bf16(const KernelTable& K, Path path, int64_t threads, const at::Tensor& dYc, const at::Tensor& dhc,
                  const at::Tensor& Yc, const at::Tensor& Wc, const int64_t* lp, at::Tensor& dA, at::Tensor& C,
-                 bool reverse, int act, bool* took_over) {
+                 bool reverse, int act, TeamStats* took_over) {
   const int64_t T_ = Yc.size(0), B = Yc.size(1), H = Yc.size(2);
   const int64_t NW = K.panel_f32;
   const int64_t npanels = (H + NW - 1) / NW;
@@ -980,7 +1039,7 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
       const at::Tensor dYc = dY.contiguous(), dhc = dh_n.contiguous(), Yc = Y.contiguous(), Wc = w_hh.contiguous();
       at::Tensor dA = L.has_value() ? at::zeros({T_, B, H}, Yc.options()) : at::empty({T_, B, H}, Yc.options());
       at::Tensor C = at::empty({B, H}, Yc.options().dtype(at::kFloat));
-      bool took_over = false;
+      TeamStats took_over;
       const int workers = bwd_own_bf16(K, path, threads, dYc, dhc, Yc, Wc, lp, dA, C, reverse, act, &took_over);
       set_last_run(K, path, workers, took_over);
       return {dA, C.to(at::kBFloat16)};
@@ -999,7 +1058,7 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
   const Path path = choose_path(T_, B, H, threads, (H + NW - 1) / NW, K.max_rows);
 
   int workers = 1;
-  bool took_over = false;
+  TeamStats took_over;
   if (path == Path::Blas) {
     if (ct == at::kFloat) {
       bwd_blas<float>(dYc, dhc, Yc, Wc, lp, dA, dh0, reverse, act);

@@ -77,9 +77,9 @@ struct BwdArgsBf16 {
 // needs complete before the next round. team_next hands this worker its next panels [*a, *b) of `round` (up to
 // `unit` of them): from its own range first (so its share of W_hh stays in its core's cache), then from the others'
 // leftovers; `finished` = how many panels it completed since its last call. Returns false once the whole round is
-// complete (all panels done by someone), or at once for the rest of the call when another worker has taken the
-// call over (this one was descheduled too long: it then only walks through the remaining steps, computing
-// nothing). Called a few times per step, out of line.
+// complete (all panels done by someone); while another worker holds the call (this one was descheduled too long),
+// it claims nothing and returns false when the round is complete, until the holder's lease runs out and the call is
+// handed back. Called a few times per step, out of line.
 struct Team;
 bool team_next(Team* team, int worker, int64_t round, int unit, int64_t finished, int64_t* a, int64_t* b);
 
