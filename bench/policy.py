@@ -26,6 +26,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from fused_rnn._config import cpu_kind
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "fused_rnn" / "policy_data.py"
 RESULTS = ROOT / "bench" / "results"
@@ -60,8 +62,6 @@ def table_from_run(data: dict, machine: str | None = None, final: bool = False, 
         raise ValueError("bench.policy: the run has FAILED/ERROR rows; fix them before deriving a policy")
     if not env.get("cpu_isa"):
         raise ValueError("bench.policy: the run does not record its ISA class (env.cpu_isa): rerun with this bench")
-    from fused_rnn._config import cpu_kind
-
     core = cpu_kind(env.get("cpu"))
     cells: dict[tuple[str, str, int, int], tuple[float, float, int]] = {}
     for r in data["rows"]:
@@ -149,8 +149,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.policy: cannot read {args.results}: {e}", file=sys.stderr)
         return 2
     env = data.get("env", {})
-    from fused_rnn._config import cpu_kind
-
     machine, core = args.machine or env.get("device_name", "cpu"), cpu_kind(env.get("cpu"))
     # the core kind in the name too (unless the machine string has it): two kinds must never share a run file
     named = machine if not core or core.split(" ", 1)[-1] in machine else f"{machine} {core}"
