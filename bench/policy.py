@@ -88,6 +88,9 @@ def table_from_run(data: dict, machine: str | None = None, final: bool = False, 
         "preliminary": not final,
         "note": note,
         "core": core,
+        # the run's measured 1024-square GEMM rates: policy rule 8 (fused_rnn/gemm.py) compares fp32 with bf16
+        "gemm_tflops": {k: round(float(v), 3) for k, v in sorted(((data.get("peaks") or {}).get("tflops")
+                                                                      or {}).items())},
     }
 
 
@@ -113,7 +116,8 @@ def render(tables: list[dict]) -> str:
     out = [HEADER, "CPU_TABLES: tuple[dict, ...] = ("]
     for t in sorted(tables, key=lambda t: (t["isa"], t.get("core", ""), t["threads"])):
         out.append("    {")
-        for k in ("isa", "core", "threads", "machine", "date", "run_file", "preliminary", "note", "B", "H"):
+        for k in ("isa", "core", "threads", "machine", "date", "run_file", "preliminary", "note", "B", "H",
+                  "gemm_tflops"):
             out.append(f"        {k!r}: {_lit(t.get(k, ''), 8)},")
         out.append("        'cells': {")
         for key, val in t["cells"].items():

@@ -11,18 +11,31 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _lazy_compile
+from . import gemm as _gemm
 from .backends.select import resolve
 from .precision import allow_tf32 as _allow_tf32
 from .recurrence import check_unedited, recurrence
 
 
-def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
-    """x [T, B, I] -> P [T, B, H] = x W_ihᵀ + b_ih + b_hh, one GEMM with both biases folded in."""
+def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
+                     fp32_gemm: bool | None = None) -> Tensor:
+    """x [T, B, I] -> P [T, B, H] = x W_ihᵀ + b_ih + b_hh, one GEMM with both biases folded in -- in fp32 for half
+    dtypes where this CPU's fp32 GEMM is the faster (fused_rnn/gemm.py; ``fp32_gemm``: that choice, None = decide
+    now with :func:`projection_in_fp32`)."""
     if b_ih is not None and b_hh is not None:
         bias = b_ih + b_hh
     else:
         bias = b_ih if b_ih is not None else b_hh
+    if fp32_gemm if fp32_gemm is not None else projection_in_fp32(x, w_ih, bias):
+        return _gemm.projection_fp32(x, w_ih, bias)
     return F.linear(x, w_ih, bias)
+
+
+def projection_in_fp32(x: Tensor, w_ih: Tensor, bias: Tensor | None) -> bool:
+    """Whether ``input_projection`` runs its GEMM in fp32 (fused_rnn/gemm.py): x [T, B, I], w_ih and the bias all of
+    one half dtype on the CPU, autocast off, and ``gemm.use_fp32`` says so for (I, H)."""
+    return (x.dim() == 3 and x.dtype == w_ih.dtype and (bias is None or bias.dtype == x.dtype)
+            and not torch.is_autocast_enabled("cpu") and _gemm.use_fp32(x, w_ih.shape[1], w_ih.shape[0]))
 
 
 class ProjectionRecompute:
@@ -35,12 +48,13 @@ class ProjectionRecompute:
     (x and w_ih are held by the projection's own backward anyway; none of them can reach the recurrence's graph
     node, so no reference cycle)."""
 
-    __slots__ = ("_args", "_held", "_versions")
+    __slots__ = ("_args", "_held", "_versions", "_fp32")
 
     def __init__(self, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> None:
         self._args = (x, w_ih, b_ih, b_hh)
         self._held: tuple[Tensor | None, ...] = ()
         self._versions: tuple[int, ...] = ()
+        self._fp32: bool | None = None
 
     @property
     def inputs(self) -> tuple[Tensor, ...]:
@@ -50,12 +64,15 @@ class ProjectionRecompute:
     def arm(self) -> None:
         self._held = tuple(None if t is None else t.detach() for t in self._args)
         self._versions = tuple(0 if t is None else t._version for t in self._held)
+        # the forward's GEMM choice (the same values again, whatever the thread count or setting by then)
+        x, w_ih, b_ih, b_hh = self._held
+        self._fp32 = projection_in_fp32(x, w_ih, b_ih if b_ih is not None else b_hh)
 
     def __call__(self, dev: str, amp: bool, amp_dtype: torch.dtype | None) -> Tensor:
         names = (f"{n} of a fused_rnn layer" for n in ("the input", "w_ih", "b_ih", "b_hh"))
         check_unedited(zip(self._held, self._versions, names))
         with torch.no_grad(), torch.autocast(dev, dtype=amp_dtype, enabled=amp):
-            return input_projection(*self._held).contiguous()
+            return input_projection(*self._held, fp32_gemm=self._fp32).contiguous()
 
 
 def projection_recompute(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None

@@ -51,6 +51,10 @@ grad, judged by the forward+backward figures, else the forward-only figures.
      call also pays a fixed cost per layer-direction (W_hh packed per call, the autograd.Function, the input GEMM as
      its own op), which a call of a few steps cannot earn back: with T below :func:`short_sequence_floor` (by mode and
      H), native.
+  8. CPU half-precision GEMMs (:func:`gemm_in_fp32`): the fused layer's own GEMMs in bf16 (the input projection,
+     its gradients and dW_hh; fused_rnn/gemm.py) run in fp32 where this machine kind's grid run measured fp32 GEMMs
+     ≥ 1.25× faster than bf16 ones, at I and H ≥ 512 (below that the conversions cost what the GEMM gains). It
+     decides how the fused path computes, not which path runs.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -200,6 +204,7 @@ class CpuTable:
     preliminary: bool = True
     note: str = ""  # the run's conditions, e.g. "shared machine, load 9-60"
     core: str = ""  # the core kind measured (cpu_core(): "AMD Zen 5", "Intel Emerald Rapids"); "" = not recorded
+    gemm_tflops: dict = field(default_factory=dict)  # dtype key -> the run's measured 1024-square GEMM TFLOP/s
 
     def source(self) -> str:
         pre = ", PRELIMINARY" if self.preliminary else ""
@@ -437,6 +442,27 @@ def _pick_table(tables: tuple[CpuTable, ...], isa: str, threads: int,
         return (abs(math.log2(max(t.threads, 1)) - math.log2(max(threads, 1))), -t.threads)
 
     return min(pool, key=dist), False
+
+
+# A half-precision GEMM of the fused layer (input projection, its gradients, dW_hh) runs in fp32 on the CPU when the
+# machine kind's own grid run measured torch's fp32 GEMM at least this much faster than its half one (rule 8).
+GEMM_F32_GAIN = 1.25
+
+
+def gemm_in_fp32(dkey: str, *, isa: str, threads: int, core: str = "", cpu_tables: tuple | None = None) -> bool:
+    """Rule 8: whether the fused layer's GEMMs in half precision ``dkey`` ("bf16", "fp16") run in fp32 on this
+    machine kind: only with the exact table (ISA class, core, threads) and its run's measured 1024-square GEMM rates
+    (``CpuTable.gemm_tflops``) saying fp32 ≥ GEMM_F32_GAIN × ``dkey``. Measured: Intel Emerald Rapids without AMX,
+    bf16 0.18 vs fp32 0.34 TFLOP/s (oneDNN's avx512_core_bf16 brgemm against MKL's sgemm; vdpbf16ps there does
+    the same flops per cycle as fp32 FMA); on a Zen 5 bf16 is the faster one (0.34-0.87 vs 0.13-0.2), and with AMX
+    oneDNN's bf16 wins by far -- so this is a measured fact per machine kind, never borrowed."""
+    if dkey not in ("bf16", "fp16"):
+        return False
+    table, exact = _pick_table(_cpu_tables() if cpu_tables is None else cpu_tables, isa, threads, core)
+    if table is None or not exact:
+        return False
+    g = table.gemm_tflops
+    return dkey in g and "fp32" in g and float(g["fp32"]) >= GEMM_F32_GAIN * float(g[dkey])
 
 
 def _decide_cpu(dkey: str, mode: str, B: int, H: int, stack: str, fused_backend: str, isa: str, threads: int,

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from . import diagnostics as _diag
+from . import gemm as _gemm
 from .backends.select import backend_module
 
 
@@ -55,6 +56,13 @@ def grad_w_hh(dA: Tensor, Y: Tensor, h0: Tensor, lengths: Tensor | None, reverse
             first = dA.gather(0, idx)[0]
     else:
         first = dA[0]
+    if _gemm.use_fp32(dA, H, H) and dA.dtype == Y.dtype == h0.dtype:
+        # fp32 GEMMs where this CPU's half GEMM is the slower (fused_rnn/gemm.py), rounded once
+        dw32 = first.t().float().mm(h0.float())
+        if T > 1:
+            prev, cur = (Y[:-1], dA[1:]) if not reverse else (Y[1:], dA[:-1])
+            _gemm.accumulate_tn(dw32, cur, prev)
+        return dw32.to(dA.dtype)
     dw = first.t().mm(h0)
     if T > 1:
         prev, cur = (Y[:-1], dA[1:]) if not reverse else (Y[1:], dA[:-1])
