@@ -338,7 +338,7 @@ def _fused_bf16_kernels() -> bool:
 
         if not _ext.LOADED:
             return False
-        return str(torch.ops.fused_rnn.cpu_isa()) == "avx512bf16"
+        return str(torch.ops.fused_rnn.cpu_isa()) in ("avx512bf16", "avx512bf16fma")
     except Exception:
         return False
 

@@ -389,7 +389,7 @@ def test_isa_hook_rejects_unknown() -> None:
         torch.ops.fused_rnn.cpu_isa("sse9")
     with pytest.raises(RuntimeError, match="unknown path"):
         torch.ops.fused_rnn.cpu_path("gpu")
-    assert torch.ops.fused_rnn.cpu_isa("") in ("generic", "avx2", "avx512", "avx512bf16")
+    assert torch.ops.fused_rnn.cpu_isa("") in ("generic", "avx2", "avx512", "avx512bf16", "avx512bf16fma")
     assert torch.ops.fused_rnn.cpu_path("") == "auto"
 
 

@@ -21,7 +21,7 @@ from fused_rnn.backends import reference
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # (backend, isa, path) -> the kernel loop that runs; the splits need two threads
 CPU_PATHS = [("cpu", isa, "serial") for isa in ISAS] + [("cpu", BEST_ISA, p) for p in ("hidden", "batch", "blas")]
-BF16_NATIVE = ("avx512bf16", "avx512amx_emu")  # bf16-only kernel sets (their fp32/fp64 are avx512's)
+BF16_NATIVE = ("avx512bf16", "avx512bf16fma", "avx512amx_emu")  # bf16-only kernel sets (their fp32/fp64 are avx512's)
 if bf16_isa_missing() is None:
     CPU_PATHS += [("cpu", isa, "serial") for isa in BF16_NATIVE]
 CASES = ([("reference", None, None)] + CPU_PATHS) if built() else [("reference", None, None)]

@@ -145,6 +145,8 @@ const KernelTable& avx512_kernels();
 #if defined(FUSED_RNN_CPU_AVX512BF16)
 // avx512_kernels() plus the AVX512-BF16 bf16 forward (the fp32/fp64 entries are avx512's).
 const KernelTable& avx512bf16_kernels();
+// The same layout with the matvec widened to fp32 FMAs (elman_cpu_avx512bf16fma.cpp): the choice on Intel cores.
+const KernelTable& avx512bf16fma_kernels();
 // The same with the bf16 matvec on tiles emulated in software: a test hook (any AVX512-BF16 CPU).
 const KernelTable& avx512amx_emu_kernels();
 #endif
