@@ -4,8 +4,8 @@ dtype, plus a floor of 2 eps).
 
 Variants: "avx512bf16" runs the bf16 forward and backward with vdpbf16ps on bf16 data (W_hh packed in bf16 pairs; the
 backward multiplies the stored bf16 dA_t, its carry stays fp32); "avx512bf16fma" the same with the pairs widened in
-registers and fp32 FMAs instead of vdpbf16ps (auto's choice on Intel CPUs); "avx512amx" runs the same with the matvec on AMX
-tiles (tdpbf16ps), and "avx512amx_emu" the AMX code with the tile instructions emulated in software (any AVX512-BF16
+registers and fp32 FMAs instead of vdpbf16ps (auto's choice on Intel CPUs); "avx512amx" runs the same with the
+matvec on AMX tiles (tdpbf16ps), and "avx512amx_emu" the AMX code with the tile instructions emulated in software (any AVX512-BF16
 CPU: the tiles' indexing, configuration, K tails and scattered rows are tested where no AMX exists); "generic",
 "avx2" and "avx512" run bf16 (and every variant runs fp16) on the fp32 kernels with the state rounded to the storage
 dtype each step. A variant this machine lacks is skipped with the flag it misses (tests/cpu_common.py reads
