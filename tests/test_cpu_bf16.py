@@ -4,15 +4,16 @@ dtype, plus a floor of 2 eps).
 
 Variants: "avx512bf16" runs the bf16 forward and backward with vdpbf16ps on bf16 data (W_hh packed in bf16 pairs; the
 backward multiplies the stored bf16 dA_t, its carry stays fp32); "avx512bf16fma" the same with the pairs widened in
-registers and fp32 FMAs instead of vdpbf16ps (auto's choice on Intel CPUs); "avx512amx" runs the same with the
-matvec on AMX tiles (tdpbf16ps), and "avx512amx_emu" the AMX code with the tile instructions emulated in software (any AVX512-BF16
-CPU: the tiles' indexing, configuration, K tails and scattered rows are tested where no AMX exists); "generic",
-"avx2" and "avx512" run bf16 (and every variant runs fp16) on the fp32 kernels with the state rounded to the storage
-dtype each step. A variant this machine lacks is skipped with the flag it misses (tests/cpu_common.py reads
-/proc/cpuinfo: where the CPU lists the flags, the variant must be built, or the test fails). "avx512amx" has not yet
-run on AMX hardware, so where the CPU has AMX its tests run under `make amx-check` (FUSED_RNN_AMX_CHECK=1), in a child
-process (test_avx512amx_in_a_child_process): a fault fails that test with the child's output instead of killing the
-session; `make test` skips them there, saying so, until they have passed once. Shapes: T time, B batch, H hidden.
+registers and fp32 FMAs instead of vdpbf16ps (auto's choice on Intel CPUs); "avx512amx" runs the same with the matvec
+on AMX tiles (tdpbf16ps), and "avx512amx_emu" the AMX code with the tile instructions emulated in software (any
+AVX512-BF16 CPU: the tiles' indexing, configuration, K tails and scattered rows are tested where no AMX exists);
+"generic", "avx2" and "avx512" run bf16 (and every variant runs fp16) on the fp32 kernels with the state rounded to
+the storage dtype each step. A variant this machine lacks is skipped with the flag it misses (tests/cpu_common.py
+reads /proc/cpuinfo: where the CPU lists the flags, the variant must be built, or the test fails). "avx512amx" has not
+yet run on AMX hardware, so where the CPU has AMX its tests run under `make amx-check` (FUSED_RNN_AMX_CHECK=1), in a
+child process (test_avx512amx_in_a_child_process): a fault fails that test with the child's output instead of killing
+the session; `make test` skips them there, saying so, until they have passed once.
+Shapes: T time, B batch, H hidden.
 """
 
 from __future__ import annotations
