@@ -17,7 +17,16 @@ import threading
 
 import pytest
 import torch
-from cpu_common import ISAS, OWN_PATHS, built, contract_inputs, forced, last_run, num_threads  # tests/cpu_common.py
+from cpu_common import (  # tests/cpu_common.py
+    ISAS,
+    OWN_PATHS,
+    built,
+    contract_inputs,
+    cpu_vendor,
+    forced,
+    last_run,
+    num_threads,
+)
 
 from fused_rnn.backends import cpu as cpu_backend
 from fused_rnn.backends import reference
@@ -322,3 +331,23 @@ def test_tanh_extremes(isa: str) -> None:
     assert float(err.max()) <= TANH_MAX_ULP, f"{isa}: {float(err.max()):.3f} ulp at x = {float(sweep[err.argmax()])}"
     if isa != "generic":  # the same operations per lane in every build: the same bits
         assert torch.equal(ys, _tanh_through_kernel(sweep, "generic")), f"{isa} tanh differs from the generic build"
+
+
+@pytest.mark.parametrize(("dtype", "B", "H", "intel", "other"), [
+    (torch.float32, 16, 1024, "hidden", "batch"),  # W_hh 4 MB: over half of any L2 we know
+    (torch.bfloat16, 32, 1024, "hidden", "batch"),  # 2 MB of bf16 pairs
+    (torch.float32, 48, 768, "hidden", "batch"),  # 2.4 MB
+    (torch.float32, 64, 1024, "batch", "batch"),  # B >= 64: the batch split everywhere
+    (torch.float32, 16, 256, "batch", "batch"),  # W_hh 256 KB: fits
+    (torch.float32, 8, 1024, "hidden", "hidden"),  # B < 16 at H > 512: the hidden split everywhere
+], ids=["fp32-B16-H1024", "bf16-B32-H1024", "fp32-B48-H768", "fp32-B64-H1024", "fp32-B16-H256", "fp32-B8-H1024"])
+def test_automatic_split_by_vendor_and_cache(dtype: torch.dtype, B: int, H: int, intel: str, other: str) -> None:
+    """elman_cpu.cpp auto_path on 2 threads: on Intel cores the hidden split for B < 64 once W_hh's packed bytes exceed
+    half a core's L2 (measured ahead of the batch split there, 2026-12-07); elsewhere the batch split from B = 16."""
+    if torch.get_num_threads() < 2 and (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: every call runs serially")
+    P = torch.zeros(20, B, H, dtype=dtype)
+    with num_threads(2), forced():
+        cpu_backend.forward(P, torch.zeros(B, H, dtype=dtype), torch.zeros(H, H, dtype=dtype), None, False, "tanh")
+        got = last_run()["path"]
+    assert got == (intel if cpu_vendor() == "GenuineIntel" else other), last_run()

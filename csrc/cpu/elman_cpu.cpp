@@ -592,19 +592,54 @@ int64_t usable_threads() {
 constexpr int64_t kSplitMinStepWork = 16 * 1024;    // B·H² multiply-adds per step
 constexpr int64_t kSplitMinCallWork = 1024 * 1024;  // T·B·H²
 
-Path auto_path(int64_t T_, int64_t B, int64_t H, int64_t threads, int64_t npanels, int64_t max_rows) {
+//
+// On Intel cores the hidden split stays ahead to larger batches while W_hh outgrows half a core's L2: each worker's
+// share then stays in its own L2 where the batch split streams all of W_hh from L3 into each core at every step.
+// Intel Emerald Rapids VM (2 MB L2 per core), 2 threads, op alone, best of 2 × 5 calls, batch ÷ hidden µs per step,
+// fwd / bwd (> 1: the hidden split faster), 2026-12-07:
+//   fp32 H=512  (1 MB):   B=8..64 0.75-0.98 (the batch split ahead)
+//   fp32 H=768  (2.4 MB): B=8 1.44/1.53  B=16 1.12/1.38  B=32 1.09/1.12  B=48 1.04/1.03  B=64 1.03/1.00
+//                         B=128 0.97/0.92
+//   fp32 H=1024 (4 MB):   B=16 1.37/1.33  B=32 1.19/1.12  B=48 1.09/1.05  B=64 1.05/1.02  B=128 0.91/0.92
+//   fp32 H=1536 (9 MB):   B=16 1.52/1.56  B=32 1.21/1.19  B=48 1.19/1.19  B=128 1.06/0.98
+//   bf16 H=512  (0.5 MB): B=8..128 0.76-1.15 (the batch split ahead or even)
+//   bf16 H=768  (1.2 MB): B=16 1.27/1.12  B=32 1.22/1.08  B=48 1.04/1.04  B=64 1.11/0.98
+//   bf16 H=1024 (2 MB):   B=16 1.25/1.47  B=32 1.19/1.22  B=48 0.98/1.26  B=64 1.15/1.04  B=128 0.91/1.06
+// so there: the hidden split for B < 64 when W_hh's packed bytes exceed half the L2. On the Zen 5 (1 MB L2) the
+// batch split measured even or ahead at B = 16 (table above: H=1024 205/186 vs 211/191, H=512 45/42 vs 50/43), so
+// other vendors keep the rule above.
+constexpr int64_t kHiddenWideMaxB = 64;
+
+int64_t l2_bytes() {
+  static const int64_t v = [] {
+    long n = -1;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    n = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return n > 0 ? static_cast<int64_t>(n) : int64_t(2) << 20;  // unknown: Emerald Rapids' 2 MB
+  }();
+  return v;
+}
+
+// w_bytes: W_hh's bytes as the kernels read it (H² × 4 for fp32 and for the fp32 kernels on converted half data,
+// × 2 for the bf16 sets' pairs, × 8 for fp64).
+Path auto_path(int64_t T_, int64_t B, int64_t H, int64_t threads, int64_t npanels, int64_t max_rows,
+               int64_t w_bytes) {
   const int64_t step = B * H * H;
   if (threads <= 1 || step < kSplitMinStepWork || T_ * step < kSplitMinCallWork) return Path::Serial;
   // the hidden split's claim words hold panel indices in 16 bits and the round in 32
   const bool hidden_ok = npanels >= 2 && npanels < (1 << 16) && T_ < (int64_t(1) << 31), batch_ok = B > max_rows;
-  const bool batch_better = B >= 16 || (B >= 8 && H <= 512);
+  static const bool intel = cpu_is_intel();
+  const bool hidden_wide = intel && B < kHiddenWideMaxB && 2 * w_bytes > l2_bytes();
+  const bool batch_better = !hidden_wide && (B >= 16 || (B >= 8 && H <= 512));
   if (batch_ok && (batch_better || !hidden_ok)) return Path::Batch;
   return hidden_ok ? Path::Hidden : Path::Serial;
 }
 
-Path choose_path(int64_t T_, int64_t B, int64_t H, int64_t threads, int64_t npanels, int64_t max_rows) {
+Path choose_path(int64_t T_, int64_t B, int64_t H, int64_t threads, int64_t npanels, int64_t max_rows,
+                 int64_t w_bytes) {
   Path p = static_cast<Path>(forced_path().load());
-  if (p == Path::Auto) return auto_path(T_, B, H, threads, npanels, max_rows);
+  if (p == Path::Auto) return auto_path(T_, B, H, threads, npanels, max_rows, w_bytes);
   // forced: as asked, or serially where it cannot split
   if (p == Path::Blas) return p;  // BLAS threads itself (and runs single-threaded when nested)
   if (threads <= 1) return Path::Serial;
@@ -921,7 +956,8 @@ std::tuple<at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& P, const at::Tensor
   const int64_t* lp = L.has_value() ? L->const_data_ptr<int64_t>() : nullptr;
   const int64_t threads = usable_threads();
   if (st == at::kBFloat16 && K.fwd_bf16 != nullptr) {
-    const Path path = choose_path(T_, B, H, threads, (H + K.panel_f32 - 1) / K.panel_f32, K.max_rows);
+    const Path path =
+        choose_path(T_, B, H, threads, (H + K.panel_f32 - 1) / K.panel_f32, K.max_rows, H * H * 2);
     if (path != Path::Blas) {
       const at::Tensor Pc = P.contiguous(), h0c = h0.contiguous(), Wc = w_hh.contiguous();
       at::Tensor Y = forward_output(Pc, L, in_place);
@@ -938,7 +974,8 @@ std::tuple<at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& P, const at::Tensor
   const at::Tensor Wc = w_hh.to(ct).contiguous();
   const Round rm = round_mode(st);
   const int64_t NW = ct == at::kFloat ? K.panel_f32 : K.panel_f64;
-  const Path path = choose_path(T_, B, H, threads, (H + NW - 1) / NW, K.max_rows);
+  const Path path = choose_path(T_, B, H, threads, (H + NW - 1) / NW, K.max_rows,
+                                H * H * static_cast<int64_t>(c10::elementSize(ct)));
   // in place only where Pc is P (same dtype) and the own loops run (the per-step BLAS path is not written for it);
   // otherwise compute as usual and copy into P at the end
   const bool own_in_place = in_place && ct == st && path != Path::Blas;
@@ -1055,7 +1092,8 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
   const int64_t* lp = L.has_value() ? L->const_data_ptr<int64_t>() : nullptr;
   const int64_t threads = usable_threads();
   if (st == at::kBFloat16 && K.bwd_bf16 != nullptr) {
-    const Path path = choose_path(T_, B, H, threads, (H + K.panel_f32 - 1) / K.panel_f32, K.max_rows);
+    const Path path =
+        choose_path(T_, B, H, threads, (H + K.panel_f32 - 1) / K.panel_f32, K.max_rows, H * H * 2);
     if (path != Path::Blas) {
       const at::Tensor dYc = dY.contiguous(), dhc = dh_n.contiguous(), Yc = Y.contiguous(), Wc = w_hh.contiguous();
       at::Tensor dA = L.has_value() ? at::zeros({T_, B, H}, Yc.options()) : at::empty({T_, B, H}, Yc.options());
@@ -1076,7 +1114,8 @@ std::tuple<at::Tensor, at::Tensor> elman_bwd_cpu(const at::Tensor& dY, const at:
   at::Tensor dA = L.has_value() ? at::zeros({T_, B, H}, Yc.options()) : at::empty({T_, B, H}, Yc.options());
   at::Tensor dh0 = at::empty({B, H}, Yc.options());
   const int64_t NW = ct == at::kFloat ? K.panel_f32 : K.panel_f64;
-  const Path path = choose_path(T_, B, H, threads, (H + NW - 1) / NW, K.max_rows);
+  const Path path = choose_path(T_, B, H, threads, (H + NW - 1) / NW, K.max_rows,
+                                H * H * static_cast<int64_t>(c10::elementSize(ct)));
 
   int workers = 1;
   TeamStats took_over;
