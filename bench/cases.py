@@ -24,8 +24,9 @@ Presets (the GPU subset is a choice, documented here and in bench/README.md):
          nn.RNN forward, plus a 2-layer bidirectional case, an off-grid shape and the short torch.compile case
          (on a GPU: the old three shapes in fp32 / fp32-tf32 / bf16). Budget: 3 minutes on a 2-core CPU.
   grid   the CPU map `auto`'s policy is generated from (``python -m bench.policy``): B ∈ {1, 4, 16, 64, 256} ×
-         H ∈ {64, 256, 1024} × {fp32, bf16} × {fwd, fwd+bwd}, T sized so that nn.RNN's forward takes ~0.2 s,
-         providers nn.RNN, auto, cpu (forced) and native. ≤ 10 minutes on 2 quiet cores.
+         H ∈ {64, 256, 1024} × {fp32, bf16, fp16} × {fwd, fwd+bwd}, T sized so that nn.RNN's forward takes ~0.2 s,
+         providers nn.RNN, auto, cpu (forced) and native. ~20 minutes on 2 quiet cores (fp16 from 2026-12-07:
+         before, fp16 had no cells and auto always ran it native).
   gpu    fits the 60 s stage of `make gpu-check` on an H100: T=1024, a representative subset of the full grid:
          bf16 forward over every B for H=256 and H=1024 (the speedup-vs-batch plot), fp32 IEEE and TF32 at
          B ∈ {1, 16, 64} for H ∈ {256, 1024}, fp16 at two shapes, H=512 and H=2048 at a few B, fwd+bwd at B=16
@@ -59,7 +60,7 @@ PRESETS: tuple[str, ...] = ("tiny", "quick", "grid", "gpu", "full")
 # The CPU grid of the policy (fused_rnn/policy.py): every B × H × dtype × mode.
 GRID_B: tuple[int, ...] = (1, 4, 16, 64, 256)
 GRID_H: tuple[int, ...] = (64, 256, 1024)
-GRID_DTYPES: tuple[str, ...] = ("fp32", "bf16")
+GRID_DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)

@@ -336,8 +336,8 @@ def test_flops_and_floor_by_hand():
 def test_presets_hold_the_required_shapes():
     grid = preset_cases("grid", "cpu")
     assert {(c.B, c.H, c.dtype) for c in grid} == {(b, h, d) for b in (1, 4, 16, 64, 256) for h in (64, 256, 1024)
-                                                   for d in ("fp32", "bf16")}
-    assert len(grid) == 30 and all(c.modes == ("fwd", "fwd+bwd") and c.target_s == 0.2 for c in grid)
+                                                   for d in ("fp32", "bf16", "fp16")}
+    assert len(grid) == 45 and all(c.modes == ("fwd", "fwd+bwd") and c.target_s == 0.2 for c in grid)
     assert PRESET_CONFIG["grid"].rounds >= 10 and set(PRESET_CONFIG["grid"].providers) == {"auto", "cpu", "native"}
     quick = preset_cases("quick", "cpu")
     # a few shapes from every region of the grid, losing ones included, both dtypes, a stack and an off-grid shape
