@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DATA, help=f"policy data file to rewrite (default {DATA})")
     p.add_argument("--drop-preliminary", action="store_true",
                    help="also remove every preliminary table of other machine kinds (a quiet rerun replaces them)")
+    p.add_argument("--tag", default="",
+                   help="appended to the run file's name (e.g. stop34): a second run of one machine kind on one day "
+                        "must not overwrite the first one's evidence")
     p.add_argument("--results-dir", type=Path, default=RESULTS,
                    help=f"where the run file is kept (default {RESULTS})")
     args = p.parse_args(argv)
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     # the core kind in the name too (unless the machine string has it): two kinds must never share a run file
     named = machine if not core or core.split(" ", 1)[-1] in machine else f"{machine} {core}"
     stem = (f"cpu-grid-{_safe(named)}-{env.get('cpu_isa', 'isa')}-"
-            f"{env.get('cpu_threads', 0)}t-{env.get('date_utc', '')[:10]}")
+            f"{env.get('cpu_threads', 0)}t-{env.get('date_utc', '')[:10]}{'-' + _safe(args.tag) if args.tag else ''}")
     dest = args.results_dir / f"{stem}.json"
     try:
         rel = str(dest.resolve().relative_to(ROOT))

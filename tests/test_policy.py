@@ -465,3 +465,10 @@ def test_generator_cli_writes_data_that_loads_and_keeps_other_tables(tmp_path):
     assert gen.main([str(second), "--data", str(data_file), "--results-dir", str(results), "--final",
                      "--drop-preliminary"]) == 0
     assert [(t["threads"], t["preliminary"]) for t in runpy.run_path(str(data_file))["CPU_TABLES"]] == [(1, False)]
+    # a tagged rerun of one kind on the same day keeps the first run's file and names its own
+    assert gen.main([str(second), "--data", str(data_file), "--results-dir", str(results), "--final",
+                     "--tag", "stop34"]) == 0
+    assert (results / "cpu-grid-Test-CPU-9000-avx2-1t-2026-12-02.json").is_file()
+    tagged = results / "cpu-grid-Test-CPU-9000-avx2-1t-2026-12-02-stop34.json"
+    assert tagged.is_file()
+    assert runpy.run_path(str(data_file))["CPU_TABLES"][0]["run_file"].endswith(tagged.name)

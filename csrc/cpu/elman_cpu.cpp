@@ -26,6 +26,10 @@
 //   B=1  H=256:   3.4 -> 1.5 /   3.1 -> 1.4       B=1  H=1024:  95 -> 29  /  66 -> 28
 //   B=4  H=512:  23.9 -> 12.4 / 22.7 -> 11.3      B=16 H=256:  30.7 -> 14.1 / 26.7 -> 11.0
 //   B=16 H=1024:  389 -> 206 /  502 -> 189        B=64 H=512:   401 -> 214 /  384 -> 192
+// On Intel cores the set is "avx512bf16fma" (elman_cpu_avx512bf16fma.cpp): the same layout and numerics contract, the
+// pairs widened in registers and multiplied with fp32 FMAs, because Intel's vdpbf16ps issues at a quarter of the FMA
+// rate (Emerald Rapids; best_kernels). Its recurrence ran 1.01-1.56x the vdpbf16ps set's there, 2 threads, 2026-12-07,
+// µs per step fwd: B1 H1024 16.4 -> 16.2, B4 H1024 51.6 -> 37.0, B16 H1024 216 -> 163, B64 H1024 809 -> 562.
 // fp16 has no such instruction here (no AVX512-FP16): it runs the fp32 kernels on converted data, with the
 // per-step rounding vectorised (F16C) instead of a scalar c10::Half conversion. AMX (tdpbf16ps, set "avx512amx",
 // elman_cpu_avx512amx.cpp) is built and forced only: no AMX machine has run it yet, so best_kernels() never returns
@@ -605,7 +609,9 @@ constexpr int64_t kSplitMinCallWork = 1024 * 1024;  // T·B·H²
 //   bf16 H=512  (0.5 MB): B=8..128 0.76-1.15 (the batch split ahead or even)
 //   bf16 H=768  (1.2 MB): B=16 1.27/1.12  B=32 1.22/1.08  B=48 1.04/1.04  B=64 1.11/0.98
 //   bf16 H=1024 (2 MB):   B=16 1.25/1.47  B=32 1.19/1.22  B=48 0.98/1.26  B=64 1.15/1.04  B=128 0.91/1.06
-// so there: the hidden split for B < 64 when W_hh's packed bytes exceed half the L2. On the Zen 5 (1 MB L2) the
+// and with the AVX2 kernels forced there (cpu_isa("avx2"), fp32 forward): H=768 B=16 1.28, B=48 1.14; H=1024 B=16
+// 1.07, B=32 1.33, B=48 1.14. So there: the hidden split for B < 64 when W_hh's packed bytes exceed half the L2
+// (what an Intel client core with AVX2 only is taken to share). On the Zen 5 (1 MB L2) the
 // batch split measured even or ahead at B = 16 (table above: H=1024 205/186 vs 211/191, H=512 45/42 vs 50/43), so
 // other vendors keep the rule above.
 constexpr int64_t kHiddenWideMaxB = 64;

@@ -8,10 +8,12 @@ owns a block of W_hh's columns for the whole sequence), or with the batch split 
 the thread count, serially when nested inside another parallel region. All three give bitwise the same results for
 every ISA and thread count. A per-step BLAS path exists for benchmarks (MKL's summation order, not bitwise equal).
 
-Test/benchmark hooks (torch.ops.fused_rnn.*): ``cpu_isa("" | "auto" | "generic" | "avx2" | "avx512" |
-"avx512bf16" | "avx512amx" | "avx512amx_emu")`` reads or forces the instruction set ("avx512bf16": avx512 plus the
-vdpbf16ps bf16 kernels; "avx512amx": the same with the bf16 matvec on AMX tiles, forced only -- not yet run on AMX
-hardware; "avx512amx_emu": that code with the tiles emulated in software, for tests);
+Test/benchmark hooks (torch.ops.fused_rnn.*): ``cpu_isa("" | "auto" | "generic" | "avx2" | "avx512" | "avx512bf16" |
+"avx512bf16fma" | "avx512amx" | "avx512amx_emu")`` reads or forces the instruction set ("avx512bf16": avx512 plus
+the vdpbf16ps bf16 kernels, the choice on AMD; "avx512bf16fma": the same bf16 layout with the pairs widened in
+registers and fp32 FMAs, the choice on Intel, whose vdpbf16ps is the slower; "avx512amx": the same with the bf16
+matvec on AMX tiles, forced only -- not yet run on AMX hardware; "avx512amx_emu": that code with the tiles emulated
+in software, for tests);
 ``cpu_path("" | "auto" | "serial" | "hidden" | "batch" | "blas")`` reads or forces the path; ``cpu_last_run()``
 says what the last call on this thread ran ("isa=avx512 path=hidden threads=2");
 ``cpu_nested(P, h0, w_hh, copies)`` runs the ops inside at::parallel_for (the nesting test).
