@@ -454,7 +454,7 @@ def gemm_in_fp32(dkey: str, *, isa: str, threads: int, core: str = "", cpu_table
     machine kind: only with the exact table (ISA class, core, threads) and its run's measured 1024-square GEMM rates
     (``CpuTable.gemm_tflops``) saying fp32 ≥ GEMM_F32_GAIN × ``dkey``. Measured: Intel Emerald Rapids without AMX,
     bf16 0.18 vs fp32 0.34 TFLOP/s (oneDNN's avx512_core_bf16 brgemm against MKL's sgemm; vdpbf16ps there does
-    the same flops per cycle as fp32 FMA); on a Zen 5 bf16 is the faster one (0.34-0.87 vs 0.13-0.2), and with AMX
+    half the flops per cycle of fp32 FMA); on a Zen 5 bf16 is the faster one (0.34-0.87 vs 0.13-0.2), and with AMX
     oneDNN's bf16 wins by far -- so this is a measured fact per machine kind, never borrowed."""
     if dkey not in ("bf16", "fp16"):
         return False

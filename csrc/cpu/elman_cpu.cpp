@@ -406,8 +406,8 @@ const KernelTable* best_kernels() {
   const bool allow512 = c.empty() || c == "avx512";
   const bool allow2 = allow512 || c == "avx2";
 #if defined(FUSED_RNN_CPU_AVX512BF16)
-  // Intel's vdpbf16ps is the slower way to the bf16 products (elman_cpu_avx512bf16fma.cpp: ~1.0 G/s per core against
-  // 4.3-5.0 G/s for fp32 FMAs on Emerald Rapids; the fma set's recurrence ran 1.1-1.6x the dot set's there), AMD's
+  // Intel's vdpbf16ps is the slower way to the bf16 products (elman_cpu_avx512bf16fma.cpp: 1.3-1.6 G/s per core against
+  // 6.1-6.5 G/s for fp32 FMAs on Emerald Rapids; the fma set's recurrence ran 1.0-1.6x the dot set's there), AMD's
   // the faster (Zen 5: 441 GFLOP/s of vdpbf16ps against 245 of fp32 FMA per core), so the vendor picks the set.
   if (allow512 && cpu_has_avx512bf16()) return cpu_is_intel() ? &avx512bf16fma_kernels() : &avx512bf16_kernels();
 #endif
