@@ -427,8 +427,8 @@ std::atomic<const KernelTable*>& active_kernels() {
 }
 
 // Test hook: "" -> the active kernel set's name; "auto" | "generic" | "avx2" | "avx512" | "avx512bf16" |
-// "avx512bf16fma" | "avx512amx" | "avx512amx_emu" -> switch (error if this CPU or build cannot run it) and return the new name. Lets the tests run
-// every variant the CPU has.
+// "avx512bf16fma" | "avx512amx" | "avx512amx_emu" -> switch (error if this CPU or build cannot run it) and return the
+// new name. Lets the tests run every variant the CPU has.
 std::string cpu_isa_op(const std::string& request) {
   if (request.empty()) return active_kernels().load()->name;
   const KernelTable* k = nullptr;
