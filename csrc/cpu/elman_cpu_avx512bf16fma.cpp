@@ -3,9 +3,9 @@
 // the backward's carry in fp32), but the matvec widens the pairs in registers and multiplies in fp32 with FMAs
 // (elman_cpu_kernels.inc, FUSED_RNN_BF16_FMA) instead of vdpbf16ps: on the Emerald Rapids VM vdpbf16ps zmm issues at
 // 1.3-1.6 G/s per core against 6.1-6.5 G/s for vfmadd231ps zmm (register-only, quiet, 2026-12-07: 84-103 against
-// 194-209 GFLOP/s), so the dot product is the slower way
-// to the same products there, while on a Zen 5 it is the faster (elman_cpu.cpp, best_kernels). Selected by
-// elman_cpu.cpp on GenuineIntel CPUs with AVX512-BF16; its fp32/fp64 entries are avx512's.
+// 194-209 GFLOP/s), so the dot product is the slower way to the same products there, while on a Zen 5 it is the
+// faster (elman_cpu.cpp, best_kernels). Selected by elman_cpu.cpp on GenuineIntel CPUs with AVX512-BF16; its fp32/fp64
+// entries are avx512's.
 #include <cmath>
 #include <cstdint>
 #include <utility>
