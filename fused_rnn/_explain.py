@@ -380,6 +380,20 @@ def _notes(d: Decision, call: CallInfo, device: torch.device) -> tuple[str, ...]
     if call.autocast:
         notes.append(f"torch.autocast: computes in {call.dtype} (input {call.input_dtype}), parameters stay as they "
                      "are")
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(call.dtype)
+    if not d.native and call.device == "cpu" and half is not None and not call.compiled:
+        from . import gemm as _gemm
+
+        parts = [(f"layer 0's input projection and its gradients (I={call.I})", call.I)]
+        if call.layers > 1:
+            parts.append((f"the input projections of layers 1+ (I={call.directions * call.H})",
+                          call.directions * call.H))
+        parts.append((f"dW_hh (H={call.H})", call.H))
+        on = [what for what, i in parts if _gemm.use_fp32_for("cpu", half, i, call.H)]
+        if on:
+            notes.append(f"{call.dtype} GEMMs in fp32 for {', '.join(on)}: this machine kind's grid run measured "
+                         f"torch's fp32 GEMM ≥ {policy.GEMM_F32_GAIN:g}× its {call.dtype} one (policy rule 8; "
+                         "fused_rnn/gemm.py, FUSED_RNN_HALF_GEMM)")
     return tuple(notes)
 
 

@@ -48,14 +48,19 @@ def _machine_says_fp32(dtype: torch.dtype, threads: int) -> bool:
 
 def use_fp32(t: Tensor, I: int, H: int) -> bool:  # noqa: E741 (DESIGN.md's shape letters)
     """Whether the fused layer's GEMMs on ``t``'s device and dtype, input size I, hidden size H, run in fp32 here."""
-    if t.device.type != "cpu" or t.dtype not in _HALF:
+    return use_fp32_for(t.device.type, t.dtype, I, H)
+
+
+def use_fp32_for(device_type: str, dtype: torch.dtype, I: int, H: int) -> bool:  # noqa: E741
+    """``use_fp32`` from the device type and dtype alone (fused_rnn.explain asks before any tensor exists)."""
+    if device_type != "cpu" or dtype not in _HALF:
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     mode = _mode()
     if mode != "auto":
         return mode == "fp32"
-    return min(I, H) >= MIN_DIM and _machine_says_fp32(t.dtype, torch.get_num_threads())
+    return min(I, H) >= MIN_DIM and _machine_says_fp32(dtype, torch.get_num_threads())
 
 
 def _steps(B: int, n: int) -> int:

@@ -232,3 +232,17 @@ def test_committed_tables_record_their_runs_gemm_rates() -> None:
         run = json.loads((root / raw["run_file"]).read_text())
         peaks = (run.get("peaks") or {}).get("tflops") or {}
         assert raw.get("gemm_tflops", {}) == {k: round(v, 3) for k, v in sorted(peaks.items())}, raw["run_file"]
+
+
+def test_explain_says_when_the_gemms_run_in_fp32(route, monkeypatch) -> None:
+    """fused_rnn.explain notes the route for the GEMMs that take it (by their sizes), and is silent where none does."""
+    route("auto")
+    monkeypatch.setattr(G, "_machine_says_fp32", lambda dtype, threads: True)
+    m = fused_rnn.RNN(256, 512, num_layers=2, backend="reference").to(torch.bfloat16)
+    text = str(fused_rnn.explain(m, torch.randn(5, 2, 256, dtype=torch.bfloat16)))
+    assert "bf16 GEMMs in fp32 for the input projections of layers 1+ (I=512), dW_hh (H=512)" in text, text
+    assert "layer 0's input projection" not in text  # I=256: below the floor
+    small = fused_rnn.RNN(256, 256, backend="reference").to(torch.bfloat16)
+    assert "GEMMs in fp32" not in str(fused_rnn.explain(small, torch.randn(5, 2, 256, dtype=torch.bfloat16)))
+    monkeypatch.setattr(G, "_machine_says_fp32", lambda dtype, threads: False)
+    assert "GEMMs in fp32" not in str(fused_rnn.explain(m, torch.randn(5, 2, 256, dtype=torch.bfloat16)))
