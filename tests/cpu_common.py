@@ -78,14 +78,9 @@ BEST_ISA = ISAS[-1]  # the best fp32/fp64 variant
 
 def cpu_vendor() -> str:
     """/proc/cpuinfo's vendor_id ("GenuineIntel", "AuthenticAMD", ...), "" where there is none."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    from fused_rnn._config import read_cpu_identity
+
+    return (read_cpu_identity() or {}).get("vendor") or ""
 
 
 # what the automatic choice picks: a bf16 set (avx512's fp32/fp64 kernels + the bf16 kernels) where the CPU has
