@@ -73,6 +73,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from . import policy
+from ._env import getenv
 
 ENV = "FUSED_RNN_AUTOTUNE"
 
@@ -104,7 +105,7 @@ def autotune_enabled() -> bool:
     """
     if _SETTING is not None:
         return _SETTING
-    v = os.environ.get(ENV, "").strip().lower()
+    v = getenv(ENV).strip().lower()
     if v in ("", "0", "off", "false"):
         return False
     if v in ("1", "on", "true"):

@@ -49,6 +49,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from ._env import getenv
+
 ENV = "FUSED_RNN_CONCURRENT_DIRECTIONS"
 # False until `make gpu-check` has run tests/test_concurrency.py's GPU tests green and the report is committed.
 VERIFIED: bool = False
@@ -60,7 +62,7 @@ _SIDE: dict[int, torch.cuda.Stream] = {}
 
 def setting() -> str:
     """The environment's choice: "1" (on), "0" (off) or "auto"; raises ValueError for anything else."""
-    v = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    v = getenv(ENV, "auto").strip().lower() or "auto"
     if v in ("1", "on", "true"):
         return "1"
     if v in ("0", "off", "false"):

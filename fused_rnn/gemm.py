@@ -21,10 +21,11 @@ keep the plain ops) and never on other devices.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 from torch import Tensor
+
+from ._env import getenv
 
 MIN_DIM = 512  # I and H at least this (see the module docstring)
 _CHUNK_FLOATS = 1 << 22  # fp32 elements of widened operands per chunk (16 MB)
@@ -32,7 +33,7 @@ _HALF = (torch.bfloat16, torch.float16)
 
 
 def _mode() -> str:
-    mode = os.environ.get("FUSED_RNN_HALF_GEMM", "auto") or "auto"
+    mode = getenv("FUSED_RNN_HALF_GEMM", "auto") or "auto"
     if mode not in ("auto", "fp32", "storage"):
         raise ValueError(f"FUSED_RNN_HALF_GEMM must be 'auto', 'fp32' or 'storage', got {mode!r}")
     return mode

@@ -34,9 +34,9 @@ def _clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(v, raising=False)
     autotune.set_autotune(None)
     autotune.clear_cache()
-    select._decide_cached.cache_clear()
+    select.clear_caches()
     yield
-    select._decide_cached.cache_clear()
+    select.clear_caches()
     autotune.clear_cache()
 
 
@@ -58,7 +58,7 @@ def table(monkeypatch: pytest.MonkeyPatch) -> policy.CpuTable:
                         machine="Test Machine X", date="2026-11-30", run_file="bench/results/test-run.json",
                         preliminary=False)
     monkeypatch.setattr(policy, "_cpu_tables", lambda: (t,))
-    select._decide_cached.cache_clear()
+    select.clear_caches()
     return t
 
 
@@ -179,7 +179,7 @@ def test_gpu_reasons_with_an_injected_capability(monkeypatch: pytest.MonkeyPatch
                              ((9, 0), "cuda:cluster", "over cuDNN counting the input GEMM")):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, cap=cap: cap)
         monkeypatch.setattr(select, "_capability", lambda index, cap=cap: cap)
-        select._decide_cached.cache_clear()
+        select.clear_caches()
         e = explain_call(rnn, torch.device("cuda", 0), torch.bfloat16, torch.bfloat16, False, 100, 1, False)
         assert e.name == want and words in e.summary, e.summary
         assert _layers(e) == [want]

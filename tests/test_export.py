@@ -181,7 +181,7 @@ def test_jit_trace_matches_nn_rnn(backend: str, shape: tuple[int, int], grad: bo
         model(torch.randn(12, B, H))
     else:  # the policy's first decision (and its first ISA query) is taken while tracing
         policy.cpu_isa.cache_clear()
-        select._decide_cached.cache_clear()
+        select.clear_caches()
     traced = torch.jit.trace(model, torch.randn(12, B, H))
     if backend in ("auto", "native"):
         assert "aten::rnn_tanh" in {n.kind() for n in traced.graph.nodes()}

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from types import ModuleType
 import torch
 
 from .. import _lazy_compile, policy
+from .._env import getenv
 from . import fake  # noqa: F401  (registers the ops' fake implementations)
 from .verified import GPU_VERIFIED, GPU_VERIFIED_CAPABILITY, GPU_VERIFIED_REPORT  # noqa: F401  (the one list)
 
@@ -165,6 +165,9 @@ def resolve(backend: str, device: torch.device, H: int, B: int, dtype: torch.dty
     return Choice(name, tier)
 
 
+_DEVICES = {"cpu": torch.device("cpu"), "cuda": torch.device("cuda")}  # (asked per call: no device object per call)
+
+
 @_lazy_compile.assume_constant_result
 def _resolve_name(backend: str, device_type: str) -> tuple[str, str, bool, bool]:
     """(backend name, forced tier or "", whether it came from "auto", whether the backend has several tiers).
@@ -174,10 +177,10 @@ def _resolve_name(backend: str, device_type: str) -> tuple[str, str, bool, bool]
     Reads FUSED_RNN_BACKEND / FUSED_RNN_*_TIER and the backends' availability. Dynamo calls it at trace time and
     bakes the result into the graph (it cannot trace importlib or the dispatcher queries behind ``available()``).
     """
-    device = torch.device(device_type)
+    device = _DEVICES.get(device_type) or torch.device(device_type)
     name = backend
     if name == "auto":
-        name = os.environ.get("FUSED_RNN_BACKEND", "auto") or "auto"
+        name = getenv("FUSED_RNN_BACKEND", "auto") or "auto"
         if name not in MODULE_BACKENDS:
             raise ValueError(f"fused_rnn: FUSED_RNN_BACKEND={name!r} is not a backend; choose one of "
                              f"{MODULE_BACKENDS}")
@@ -187,7 +190,7 @@ def _resolve_name(backend: str, device_type: str) -> tuple[str, str, bool, bool]
     if auto:
         name = _auto(device)
     mod = _check_usable(name, device)
-    forced = os.environ.get(_TIER_ENV.get(name, ""), "") if name in _TIER_ENV else ""
+    forced = getenv(_TIER_ENV[name]) if name in _TIER_ENV else ""
     if forced and forced not in mod.TIERS:
         raise ValueError(f"fused_rnn: {_TIER_ENV[name]}={forced!r} is not a tier of {name!r}: {mod.TIERS}")
     return name, forced, auto, tuple(mod.TIERS) != ("",)
@@ -249,9 +252,20 @@ def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, 
     Under torch.compile / torch.export `auto` never asks the policy: it returns the fused backend at once, so no
     comparison on B becomes a guard (a new batch size does not recompile) and T stays dynamic.
     """
+    memo_key = None
+    # (traced is False: the caller has ruled out torch.compile / torch.export, and passes None under torch.jit.trace,
+    # where the key's ISA query, a custom op, would be recorded into the trace)
+    if device.type == "cpu" and traced is False and not recording_bptt and tune is None:
+        memo_key = _cpu_memo_key(backend, dtype, B, H, layers, directions, training, T)
+        d = _CPU_MEMO.get(memo_key)
+        if d is not None:
+            if record and _PATH_LOG is not None:
+                _PATH_LOG.append(d)
+            return d
     name, forced_tier, auto, _ = _resolve_name(backend, device.type)
-    by = f"backend={backend!r} (the module's argument)" if backend != "auto" else \
-        f"FUSED_RNN_BACKEND={os.environ.get('FUSED_RNN_BACKEND', '')} (the environment replaces auto)"
+    if name == NATIVE or not auto:
+        by = f"backend={backend!r} (the module's argument)" if backend != "auto" else \
+            f"FUSED_RNN_BACKEND={getenv('FUSED_RNN_BACKEND')} (the environment replaces auto)"
     if name == NATIVE:
         if recording_bptt:
             raise RuntimeError(
@@ -276,9 +290,40 @@ def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, 
         d = _policy_decision(name, device, dtype, B, H, layers, directions, training, T)
         if tune is not None:
             d = tune(d)
+    if memo_key is not None:
+        if len(_CPU_MEMO) >= _CPU_MEMO_SIZE:
+            _CPU_MEMO.clear()
+        _CPU_MEMO[memo_key] = d
     if record and _PATH_LOG is not None:
         _PATH_LOG.append(d)
     return d
+
+
+# choose_path's memo of eager CPU calls (no autotuning, no record_bptt): the decision by everything it depends on.
+# The path above -- _resolve_name (environment, availability) and _policy_decision (this process's facts, the cached
+# policy) -- costs ~3.5 µs per call, and a 35 µs nn.RNN call (T1 B8 H16) is where that shows; the key costs ~1 µs.
+# Measured 2026-12-07, 2-core Intel Emerald Rapids VM; Python work right after a 2-thread op ran there up to 3x
+# slower than in a loop of its own (the OpenMP worker spinning on the other vCPU), so each µs saved counts double.
+# The key holds the values the path reads (FUSED_RNN_BACKEND, threads, ISA class, core kind; T only below rule 7's
+# floor, where it matters) and the identities of the functions it calls, so a test that monkeypatches one of them,
+# or the environment, misses the memo. clear_caches() forgets it together with the policy's cache.
+_CPU_MEMO: dict = {}
+_CPU_MEMO_SIZE = 4096
+
+
+def _cpu_memo_key(backend: str, dtype: torch.dtype, B: int, H: int, layers: int, directions: int, training: bool,
+                  T: int | None) -> tuple:
+    t = None if T is None or T >= policy.short_sequence_floor(H, training) else T
+    return (backend, dtype, B, H, layers, directions, training, t, torch.get_num_threads(),
+            getenv("FUSED_RNN_BACKEND"), policy.cpu_isa(), policy.cpu_core(), _resolve_name, _policy_decision,
+            _decide_cached)
+
+
+def clear_caches() -> None:
+    """Forget every cached path decision: the policy's cache and choose_path's memo (tests that change the
+    policy's tables or this process's facts)."""
+    _CPU_MEMO.clear()
+    _DECIDE_LRU.cache_clear()  # (the lru_cache itself, also while a test has monkeypatched the name)
 
 
 def tracing() -> bool:
@@ -312,6 +357,9 @@ def _decide_cached(device_type: str, dtype: torch.dtype, B: int, H: int, layers:
     return policy.decide(device_type, dtype, B, H, layers, directions, training, fused_backend=fused, isa=isa,
                          threads=threads, capability=capability, verified_capabilities=GPU_VERIFIED_CAPABILITY,
                          fused_tf32=fused_tf32, cudnn_tf32=cudnn_tf32, T=T, core=core)
+
+
+_DECIDE_LRU = _decide_cached
 
 
 @functools.lru_cache(maxsize=16)

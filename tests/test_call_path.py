@@ -1,0 +1,195 @@
+"""The per-call machinery that decides a fused_rnn.RNN call's path, made cheap (stop 35): its shortcuts must give the
+answers of the long way.
+
+* ``fused_rnn._env.getenv`` (the per-call reads of FUSED_RNN_* variables) equals ``os.environ.get`` whatever the
+  environment does: set, changed, deleted, monkeypatched, and with the fast dict absent.
+* ``select.choose_path``'s memo of eager CPU decisions: a change of anything the decision reads (FUSED_RNN_BACKEND,
+  the thread count, T across rule 7's floor, training, a monkeypatched policy) reaches the next call; the memo never
+  answers under torch.jit.trace, autotuning or record_bptt.
+* ``RNN._weights_have_changed`` (the native path's flat-weight refresh, read from ``_parameters``): a parameter
+  replaced behind ``__setattr__`` (torch.func.functional_call), by ``__setattr__``, or deleted and replaced by a plain
+  tensor attribute gives nn.RNN's results, bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+import fused_rnn
+from fused_rnn import _env, policy
+from fused_rnn.backends import select
+
+VARS = ("FUSED_RNN_TEST_ENV_A", "FUSED_RNN_TEST_ENV_B")
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["dict", "os-environ"])
+def test_getenv_equals_os_environ_get(monkeypatch: pytest.MonkeyPatch, fast: bool) -> None:
+    if not fast:
+        monkeypatch.setattr(_env, "_DATA", None)
+    for name in VARS:
+        monkeypatch.delenv(name, raising=False)
+    states = []
+
+    def observe() -> None:
+        for name in VARS:
+            for default in ("", "auto"):
+                got, want = _env.getenv(name, default), os.environ.get(name, default)
+                assert got == want, (name, default, got, want)
+                states.append(got)
+
+    observe()
+    monkeypatch.setenv(VARS[0], "native")
+    observe()
+    os.environ[VARS[1]] = "é ü 1"  # non-ASCII survives the bytes round trip
+    try:
+        observe()
+        os.environ[VARS[0]] = ""
+        observe()
+        del os.environ[VARS[0]]
+        observe()
+    finally:
+        os.environ.pop(VARS[1], None)
+    observe()
+    assert {"native", "é ü 1", "", "auto"} <= set(states)  # every state above was seen
+
+
+def _path(m: nn.Module, x: torch.Tensor) -> tuple[str, str]:
+    with select.record_paths() as log:
+        m(x)
+    assert len(log) == 1
+    return log[0].path, log[0].rule
+
+
+def test_memo_follows_the_backend_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FUSED_RNN_BACKEND", raising=False)
+    m = fused_rnn.RNN(8, 64)
+    x = torch.randn(3, 2, 8)
+    with torch.no_grad():
+        first = _path(m, x)
+        assert _path(m, x) == first  # the memo's answer is the policy's
+        monkeypatch.setenv("FUSED_RNN_BACKEND", "native")
+        assert _path(m, x) == ("native", "forced")
+        monkeypatch.setenv("FUSED_RNN_BACKEND", "reference")
+        assert _path(m, x) == ("reference", "forced")
+        monkeypatch.delenv("FUSED_RNN_BACKEND")
+        assert _path(m, x) == first
+
+
+@pytest.mark.skipif(not fused_rnn._ext.has_kernel("CPU"), reason="the C++ CPU backend is not built here")
+def test_memo_follows_T_across_the_short_sequence_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FUSED_RNN_BACKEND", raising=False)
+    m = fused_rnn.RNN(64, 64)
+    floor = policy.short_sequence_floor(64, training=False)
+    with torch.no_grad():
+        short = _path(m, torch.randn(floor - 1, 1, 64))
+        long = _path(m, torch.randn(floor, 1, 64))
+        assert short[1] == "short-sequence"
+        assert long[1] != "short-sequence"
+        assert _path(m, torch.randn(1, 1, 64)) == short
+        assert _path(m, torch.randn(floor + 5, 1, 64)) == long
+
+
+def test_memo_keys_training_threads_and_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    real = select._policy_decision
+
+    def spy(*a):
+        seen.append((a[7], torch.get_num_threads()))  # a[7]: training
+        return real(*a)
+
+    m = fused_rnn.RNN(8, 16)
+    x = torch.randn(40, 3, 8)
+    monkeypatch.setattr(select, "_policy_decision", spy)  # a new function: the memo's entries made before miss
+    m(x)
+    m(x)  # the same key: answered by the memo
+    with torch.no_grad():
+        m(x)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if threads > 1 else 2)
+        m(x)
+    finally:
+        torch.set_num_threads(threads)
+    m(x)  # back to the first key
+    assert [s[0] for s in seen] == [True, False, True]
+    assert seen[2][1] != threads
+
+
+def test_clear_caches_forgets_the_memo(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = fused_rnn.RNN(8, 16)
+    x = torch.randn(40, 3, 8)
+    m(x)
+    calls = []
+    real = select._decide_cached
+    m(x)
+    monkeypatch.setattr(select, "_decide_cached", lambda *a: calls.append(a) or real(*a))
+    m(x)  # the patched function is part of the key: asked
+    m(x)  # then remembered
+    assert len(calls) == 1
+    select.clear_caches()
+    m(x)
+    assert len(calls) == 2
+
+
+def test_memo_is_not_used_under_jit_trace_autotune_or_record_bptt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FUSED_RNN_BACKEND", raising=False)
+    m = fused_rnn.RNN(8, 16)
+    x = torch.randn(40, 3, 8)
+    select.clear_caches()
+    torch.jit.trace(m, x, check_trace=False)
+    assert not select._CPU_MEMO  # the trace asked nothing of the memo (its ISA query would have been recorded)
+    fused_rnn.set_autotune(True)
+    try:
+        with torch.no_grad():
+            m(x)  # (measures native and cpu once: a small shape, milliseconds)
+    finally:
+        fused_rnn.set_autotune(None)
+        fused_rnn.autotune.clear_cache()
+    assert not select._CPU_MEMO
+    with fused_rnn.diagnostics.record_bptt():
+        m(x)
+    assert not select._CPU_MEMO
+    m(x)
+    assert len(select._CPU_MEMO) == 1
+
+
+def _pair(L: int = 2, bidirectional: bool = True) -> tuple[nn.RNN, fused_rnn.RNN]:
+    torch.manual_seed(0)
+    ref = nn.RNN(5, 7, L, bidirectional=bidirectional)
+    ours = fused_rnn.RNN(5, 7, L, bidirectional=bidirectional, backend="native")
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _same(a, b) -> None:
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+
+
+def test_native_path_sees_functional_call_weights() -> None:
+    ref, ours = _pair()
+    x = torch.randn(4, 3, 5)
+    ours(x)  # the flat list made from the module's own parameters
+    new = {k: torch.randn_like(v) for k, v in ref.state_dict().items()}
+    _same(functional_call(ours, new, (x,)), functional_call(ref, new, (x,)))
+    _same(ours(x), ref(x))  # and back to the module's own parameters afterwards
+
+
+def test_native_path_sees_replaced_and_deleted_parameters() -> None:
+    ref, ours = _pair()
+    x = torch.randn(4, 3, 5)
+    ours(x)
+    w = torch.randn(7, 7)
+    for m in (ref, ours):
+        m.weight_hh_l1 = nn.Parameter(w.clone())
+    _same(ours(x), ref(x))
+    for m in (ref, ours):
+        del m.weight_hh_l0_reverse
+        m.weight_hh_l0_reverse = w.clone()  # a plain tensor attribute now, not a registered parameter
+    _same(ours(x), ref(x))
+    assert "weight_hh_l0_reverse" not in ours._parameters
