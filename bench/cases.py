@@ -153,8 +153,11 @@ def _quick(device: str) -> list[Case]:
     grid = {(dt, B, H): Case(T=64, B=B, H=H, dtype=dt, target_s=t, check_T=16) for (dt, B, H) in
             [("fp32", 1, 64), ("fp32", 1, 1024), ("fp32", 16, 256), ("fp32", 64, 1024), ("fp32", 256, 256),
              ("bf16", 1, 256), ("bf16", 16, 1024)]}
-    cases = [grid[("fp32", 1, 64)], grid[("fp32", 64, 1024)],
-             Case(T=64, B=3, H=100, dtype="fp32", target_s=t, check_T=16, tags=("off-grid",)),
+    # Single-step calls (a decoding loop calling forward): the call around the kernel is most of the time there, and
+    # auto runs native (rule 7), so these rows measure what fused_rnn's wrapper costs against nn.RNN's own.
+    latency = [Case(T=1, B=B, H=H, dtype="fp32", tags=("latency",)) for (B, H) in ((8, 64), (64, 256))]
+    cases = [grid[("fp32", 1, 64)], grid[("fp32", 64, 1024)], latency[0],
+             Case(T=64, B=3, H=100, dtype="fp32", target_s=t, check_T=16, tags=("off-grid",)), latency[1],
              grid[("bf16", 1, 256)],
              Case(T=64, B=4, H=128, layers=2, bidirectional=True, dtype="fp32", target_s=t, check_T=8),
              grid[("fp32", 16, 256)], grid[("bf16", 16, 1024)], grid[("fp32", 1, 1024)], grid[("fp32", 256, 256)]]

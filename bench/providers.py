@@ -4,7 +4,7 @@
                        speedup; always present.
   auto                 fused_rnn.RNN(backend="auto"): what users get -- the measured policy picks native or a fused
                        backend/tier per call (fused_rnn/policy.py); the path it took is recorded per mode, and where
-                       it is native the row is asserted (bit-for-bit nn.RNN), not timed.
+                       it is native the row is asserted (bit-for-bit nn.RNN) and timed (fused_rnn's per-call cost).
   native               fused_rnn.RNN(backend="native"): PyTorch's own kernel through fused_rnn (must equal nn.RNN bit
                        for bit, and time like it).
   reference            fused_rnn.RNN(backend="reference"): the readable Python loop, timed only where T·layers·

@@ -29,6 +29,7 @@ setting are fixed when the graph is traced (select.resolve).
 from __future__ import annotations
 
 import functools
+import os
 from typing import NamedTuple
 
 import torch
@@ -36,10 +37,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _lazy_compile
+from . import _env, _lazy_compile
 from . import autotune as _autotune
 from . import diagnostics as _diag
 from . import onnx as _onnx
+from . import policy as _policy
+from .backends import select as _select
 from .backends.select import MODULE_BACKENDS, NATIVE, _resolve_name, choose_path, record_instead, tracing
 from .functional import check_lengths
 from .native import run_native_stack
@@ -100,6 +103,19 @@ class RNN(nn.RNNBase):
         if getattr(self, "backend", "auto") != "auto":
             s += f", backend={self.backend!r}"
         return s
+
+    def _forward_args_pass(self, input: Tensor, hx: Tensor, batch_sizes: Tensor | None) -> bool:
+        """True when ``check_forward_args`` (RNNBase's, not overridden) would pass, told from its own conditions in one
+        frame: dense input, its dtype the weights', 3 dims, size(-1) = input_size, hx [L·D, B, H]. False = ask it
+        (it raises nn.RNN's error, or passes). Its four frames cost a T1 call ~3% in the native path (2-core Intel
+        Emerald Rapids VM, 2026-12-07)."""
+        if batch_sizes is not None or type(self).check_forward_args is not _RNNBASE_CHECK:
+            return False
+        w = self._flat_weights[0] if self._flat_weights else None
+        if w is None or input.dtype != w.dtype or input.dim() != 3 or input.size(-1) != self.input_size:
+            return False
+        B = input.size(0) if self.batch_first else input.size(1)
+        return hx.size() == (self.num_layers * (2 if self.bidirectional else 1), B, self.hidden_size)
 
     def _weights_have_changed(self) -> bool:
         """RNNBase's test (a flat weight replaced since the flat list was made: torch.func.functional_call swaps
@@ -188,25 +204,30 @@ class RNN(nn.RNNBase):
         is_batched, max_batch_size = call.is_batched, call.B
         num_directions = 2 if self.bidirectional else 1
         batch_dim = 0 if self.batch_first else 1
-        if not path.native and not onnx_export and not tracing() and not _fused_can_run(self, call, amp_dtype):
+        native = path.native
+        if not native and not onnx_export and not tracing() and not _fused_can_run(self, call, amp_dtype):
             # What nn.RNN's op rejects with its own error (a parameter replaced by one of another shape, dtype or
             # device, or set to None; input on another device than the parameters; a malformed PackedSequence), or
             # handles where the fused backends cannot (complex dtypes, torch.func transforms): nn.RNN's op runs
             # instead, so the error, or the result, is nn.RNN's own. (Eager only: traced graphs keep the fused
             # stack and its errors.)
             path = _NATIVE_FALLBACK
+            native = True
             record_instead(DROP_IN)
 
-        if path.native and not onnx_export:  # (an ONNX export runs the layer-level op below, forced native too)
+        if native and not onnx_export:  # (an ONNX export runs the layer-level op below, forced native too)
             # nn.RNN's order: zeros in the input's own dtype, the module's checks, then the op, which autocast
             # casts itself (autocast is left as the caller set it).
             if hx is None:
                 hx = torch.zeros(self.num_layers * num_directions, max_batch_size, self.hidden_size,
                                  dtype=input.dtype, device=input.device)
-            self.check_forward_args(input, hx, batch_sizes)
+            if not self._forward_args_pass(input, hx, batch_sizes):
+                self.check_forward_args(input, hx, batch_sizes)
             _check_hx(input, hx, amp_dtype)
+            # (grad_needed matters only to the eval-mode cuDNN workaround: not asked on the CPU)
             output, h_n = run_native_stack(self, input, hx, batch_sizes, lengths,
-                                           _grad_needed(self, input, hx))
+                                           input.is_cuda and _grad_needed(self, input, hx),
+                                           eager=path is not _TRACED_NATIVE)
             if batch_sizes is not None:
                 return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), \
                     self.permute_hidden(h_n, unsorted_indices)
@@ -270,30 +291,71 @@ class RNN(nn.RNNBase):
         (fused_rnn/autotune.py) and ``tune``, the policy's decision goes through the autotune cache.
         """
         input, hx = call.input, call.hx
-        dtype = compute_dtype_of(input, amp_dtype)
         backend = self.backend
-        if tracing():
+        if torch.compiler.is_compiling() or _is_exporting():  # select.tracing(), one frame fewer per call
             # While tracing: no policy lookup (its comparisons on B would become guards, and native would unroll
             # over T). The backend name is a trace-time constant (select._resolve_name); auto -> the fused stack.
             if _resolve_name(backend, input.device.type)[0] == NATIVE:
                 return _TRACED_NATIVE
             return _TracedFused(backend)
-        jit_tracing = torch.jit.is_tracing()
+        jit_tracing = torch._C._is_tracing()  # (torch.jit.is_tracing() without its is_scripting() call)
         if jit_tracing and _resolve_name(backend, input.device.type)[2]:
             # torch.jit.trace records one path for every later call: `auto` records PyTorch's own op, as nn.RNN's
             # trace does. The policy is not asked there: its first ISA query, a custom op, was recorded and failed
             # the trace ("ArrayRef: invalid index Index = 0; Length = 0"), it saw traced sizes (tensors), and its
             # training/inference split differs between jit.trace's run and its check run (under no_grad).
             return _TRACED_NATIVE
-        training = _grad_needed(self, input, hx)
+        # training (_grad_needed, inline: see below)
+        if not torch.is_grad_enabled():
+            training = False
+        elif input.requires_grad or (hx is not None and hx.requires_grad) or self._modules:
+            training = _grad_needed(self, input, hx)
+        else:
+            training = False
+            for p in self._parameters.values():
+                if p is not None and p.requires_grad:
+                    training = True
+                    break
+        T = len(call.batch_sizes) if call.batch_sizes is not None else input.size(1 if self.batch_first else 0)
+        memo_key = None
+        if record and amp_dtype is None and not jit_tracing and _diag._ACTIVE is None and input.is_cpu:
+            # select.choose_path's memo of eager CPU decisions, its key made and looked up here without a Python call:
+            # a short call pays for every frame on its way, ~1 µs each right after the op (it leaves the interpreter's
+            # caches cold). Through select.choose_path this method cost ~10 µs of a 150 µs T1 B8 H64 training call
+            # (×0.93 of nn.RNN), against ~3 µs in a loop of its own (2-core Intel Emerald Rapids VM, 2026-12-07).
+            # The key holds what the decision reads -- FUSED_RNN_BACKEND, threads, ISA class and core kind, T only
+            # below rule 7's floor -- and the identities of the functions it calls, so a monkeypatched one or a
+            # changed variable misses; autotuning (set_autotune, FUSED_RNN_AUTOTUNE) bypasses it.
+            setting = _autotune._SETTING
+            data = _env._DATA  # (os.environ's dict, or None: fused_rnn/_env.py)
+            if tune and (setting is True or (setting is None and (
+                    data.get(_AUTOTUNE_KEY) if data is not None else os.environ.get(_autotune.ENV)))):
+                pass  # autotuning may be on: the long way (it parses the variable)
+            else:
+                H = self.hidden_size
+                floor = _FLOORS.get((H, training))
+                if floor is None:
+                    floor = _FLOORS[(H, training)] = _policy.short_sequence_floor(H, training)
+                memo_key = (backend, input.dtype, call.B, H, self.num_layers, 2 if self.bidirectional else 1,
+                            training, T if T < floor else None, torch.get_num_threads(),
+                            data.get(_BACKEND_KEY) if data is not None else os.environ.get("FUSED_RNN_BACKEND"),
+                            _policy.cpu_isa(), _policy.cpu_core(), _select._resolve_name, _select._policy_decision,
+                            _select._decide_cached)
+                d = _select._CPU_MEMO.get(memo_key)
+                if d is not None:
+                    if _select._PATH_LOG is not None:
+                        _select._PATH_LOG.append(d)
+                    return d
+        autotuning = tune and _autotune.enabled()
+        dtype = compute_dtype_of(input, amp_dtype)
         tuner = None
-        if tune and _autotune.enabled():
+        if autotuning:
             def tuner(static):
                 return _autotune.tuned(self, call, amp_dtype, dtype, training, static)
-        T = len(call.batch_sizes) if call.batch_sizes is not None else input.size(1 if self.batch_first else 0)
         return choose_path(backend, input.device, dtype, call.B, self.hidden_size, self.num_layers,
                            2 if self.bidirectional else 1, training, _diag._ACTIVE is not None, tune=tuner,
-                           record=record, traced=None if jit_tracing else False, T=T)
+                           record=record, traced=None if jit_tracing else False, T=T,
+                           memo_key=None if autotuning else memo_key)
 
     def _layer_weights(self, layer: int, direction: int, amp_dtype: torch.dtype | None = None
                        ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
@@ -554,6 +616,13 @@ def _forward_ad_active() -> bool:
     return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
 
 
+_RNNBASE_CHECK = nn.RNNBase.check_forward_args
+_BACKEND_KEY, _AUTOTUNE_KEY = os.fsencode("FUSED_RNN_BACKEND"), os.fsencode(_autotune.ENV)
+_FLOORS: dict = {}  # (H, training) -> policy.short_sequence_floor (constants of the policy module)
+
+_is_exporting = getattr(torch.compiler, "is_exporting", None) or (lambda: False)
+
+
 def _grad_needed(module: nn.Module, input: Tensor, hx: Tensor | None) -> bool:
     """Training mode for the policy: grad enabled and the input, hx or a parameter requires grad."""
     if not torch.is_grad_enabled():
@@ -562,8 +631,12 @@ def _grad_needed(module: nn.Module, input: Tensor, hx: Tensor | None) -> bool:
         return True
     if module._modules:  # a subclass with submodules: all of them
         return any(p.requires_grad for p in module.parameters())
-    # the module's own parameters without parameters()'s generator machinery (2.9 µs -> 0.5 µs per call)
-    return any(p is not None and p.requires_grad for p in module._parameters.values())
+    # the module's own parameters, in a plain loop: parameters()'s generators cost 2.9 µs per call, an any() over a
+    # generator expression one frame more than this
+    for p in module._parameters.values():
+        if p is not None and p.requires_grad:
+            return True
+    return False
 
 
 def _check_hx(input: Tensor, hx: Tensor, amp_dtype: torch.dtype | None) -> None:

@@ -38,7 +38,7 @@ def native_weights(module: torch.nn.RNNBase) -> list[Tensor]:
 
 
 def run_native_stack(module: torch.nn.RNNBase, x: Tensor, hx: Tensor, batch_sizes: Tensor | None,
-                     lengths: Tensor | None, grad_needed: bool) -> tuple[Tensor, Tensor]:
+                     lengths: Tensor | None, grad_needed: bool, eager: bool | None = None) -> tuple[Tensor, Tensor]:
     """One call of PyTorch's RNN op over every layer and direction.
 
     Args:
@@ -48,18 +48,22 @@ def run_native_stack(module: torch.nn.RNNBase, x: Tensor, hx: Tensor, batch_size
         batch_sizes: the PackedSequence's batch_sizes [T] (CPU int64), or None.
         lengths: [B] per-sequence lengths for padded input (fused_rnn's ``lengths=``), or None.
         grad_needed: grad is enabled and something requires grad (decides the eval-mode CUDA workaround).
+        eager: no torch.compile / torch.export trace is running (None: ask torch.compiler.is_compiling()).
     Returns:
         (output, h_n): output like x (packed data [N, D·H], or [T, B, D·H] / [B, T, D·H]); h_n [L·D, B, H].
     """
-    if torch.compiler.is_compiling():
+    if eager is None:
+        eager = not torch.compiler.is_compiling()
+    if not eager:
         # Skipped while tracing (weakrefs): the graph reads the parameters by name.
         weights = native_weights(module)
     else:
-        # nn.RNN.forward's own two steps: re-read (on CUDA re-flatten) the parameters if one was replaced since the
-        # last call, then pass the refreshed list. (Read by name instead, 4 getattr per layer and direction cost 2 µs
-        # for one layer, 12 µs for three bidirectional ones, on a call nn.RNN makes in 35 µs: T1 B8 H16, 2-core Intel
-        # Emerald Rapids VM, 2026-12-07.)
-        module._update_flat_weights()
+        # nn.RNN.forward's own two steps (its _update_flat_weights, without the is_scripting() frame): re-read (on
+        # CUDA re-flatten) the parameters if one was replaced since the last call, then pass the refreshed list.
+        # (Read by name instead, 4 getattr per layer and direction cost 2 µs for one layer, 12 µs for three
+        # bidirectional ones, on a call nn.RNN makes in 35 µs: T1 B8 H16, 2-core Intel Emerald Rapids VM, 2026-12-07.)
+        if module._weights_have_changed():
+            module._init_flat_weights()
         weights = module._flat_weights
     training, dropout = module.training, float(module.dropout)
     if not training and grad_needed and x.is_cuda:

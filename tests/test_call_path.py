@@ -193,3 +193,51 @@ def test_native_path_sees_replaced_and_deleted_parameters() -> None:
         m.weight_hh_l0_reverse = w.clone()  # a plain tensor attribute now, not a registered parameter
     _same(ours(x), ref(x))
     assert "weight_hh_l0_reverse" not in ours._parameters
+
+
+def test_forward_args_shortcut_passes_only_what_check_forward_args_passes() -> None:
+    """RNN._forward_args_pass skips RNNBase.check_forward_args only where it would pass; anything else goes to it."""
+    import random
+
+    rng = random.Random(0)
+    passed = raised = 0
+    for _ in range(300):
+        L, bi, bf = rng.choice([1, 2]), rng.random() < 0.5, rng.random() < 0.5
+        m = fused_rnn.RNN(4, 6, L, bidirectional=bi, batch_first=bf)
+        D = 2 if bi else 1
+        B, T = rng.choice([1, 3]), rng.choice([1, 2])
+        shape = [B, T, 4] if bf else [T, B, 4]
+        k = rng.randrange(1, 4) if rng.random() < 0.4 else 0  # 1: size(-1), 2: dims, 3: dtype wrong
+        if k == 1:
+            shape[-1] = 5
+        elif k == 2:
+            shape = shape[1:]
+        dtype = torch.float64 if k == 3 else torch.float32
+        hshape = [L * D, B, 6]
+        j = rng.randrange(1, 4) if rng.random() < 0.4 else 0  # hx: one dimension off by one
+        if j:
+            hshape[j - 1] += 1
+        x, h = torch.zeros(shape, dtype=dtype), torch.zeros(hshape)
+        try:
+            m.check_forward_args(x, h, None)
+            ok = True
+        except (RuntimeError, ValueError):
+            ok = False
+        if m._forward_args_pass(x, h, None):
+            assert ok, (shape, hshape, dtype)
+            passed += 1
+        raised += not ok
+    assert passed > 30 and raised > 30  # both sides were drawn
+
+
+def test_a_subclass_check_forward_args_is_still_called() -> None:
+    calls = []
+
+    class Mine(fused_rnn.RNN):
+        def check_forward_args(self, input, hidden, batch_sizes):  # noqa: A002 (RNNBase's names)
+            calls.append(tuple(input.shape))
+            return super().check_forward_args(input, hidden, batch_sizes)
+
+    m = Mine(4, 6, backend="native")
+    m(torch.randn(2, 3, 4))
+    assert calls == [(2, 3, 4)]

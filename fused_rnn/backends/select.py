@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -230,7 +231,7 @@ def record_instead(d) -> None:
 def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, H: int, layers: int,
                 directions: int, training: bool, recording_bptt: bool = False,
                 tune: Callable[[policy.Decision], policy.Decision] | None = None, record: bool = True,
-                traced: bool | None = None, T: int | None = None):
+                traced: bool | None = None, T: int | None = None, memo_key: tuple | None = None):
     """The path of one ``fused_rnn.RNN`` call: a ``policy.Decision`` whose ``path`` is "native" or a fused backend.
 
     Args:
@@ -246,26 +247,20 @@ def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, 
         traced: whether torch.compile / torch.export is tracing the call (None: ask ``tracing()``; explain passes
             its ``compiled`` argument).
         T: the call's number of time steps (policy rule 7: short CPU calls run native); None = not known (long).
+        memo_key: the key under which the decision is remembered for the next eager CPU call (RNN._choose_path makes
+            it, and looks it up before calling here); None = not remembered.
     Raises:
         RuntimeError for backend "native" inside record_bptt; the errors of ``_resolve_name`` for unusable backends.
 
     Under torch.compile / torch.export `auto` never asks the policy: it returns the fused backend at once, so no
     comparison on B becomes a guard (a new batch size does not recompile) and T stays dynamic.
     """
-    memo_key = None
-    # (traced is False: the caller has ruled out torch.compile / torch.export, and passes None under torch.jit.trace,
-    # where the key's ISA query, a custom op, would be recorded into the trace)
-    if device.type == "cpu" and traced is False and not recording_bptt and tune is None:
-        memo_key = _cpu_memo_key(backend, dtype, B, H, layers, directions, training, T)
-        d = _CPU_MEMO.get(memo_key)
-        if d is not None:
-            if record and _PATH_LOG is not None:
-                _PATH_LOG.append(d)
-            return d
+    if memo_key is not None and (device.type != "cpu" or traced is not False or recording_bptt or tune is not None):
+        memo_key = None  # (only eager CPU calls without autotuning or record_bptt are remembered)
     name, forced_tier, auto, _ = _resolve_name(backend, device.type)
     if name == NATIVE or not auto:
         by = f"backend={backend!r} (the module's argument)" if backend != "auto" else \
-            f"FUSED_RNN_BACKEND={getenv('FUSED_RNN_BACKEND')} (the environment replaces auto)"
+            f"FUSED_RNN_BACKEND={os.environ.get('FUSED_RNN_BACKEND', '')} (the environment replaces auto)"
     if name == NATIVE:
         if recording_bptt:
             raise RuntimeError(
@@ -299,24 +294,12 @@ def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, 
     return d
 
 
-# choose_path's memo of eager CPU calls (no autotuning, no record_bptt): the decision by everything it depends on.
-# The path above -- _resolve_name (environment, availability) and _policy_decision (this process's facts, the cached
-# policy) -- costs ~3.5 µs per call, and a 35 µs nn.RNN call (T1 B8 H16) is where that shows; the key costs ~1 µs.
-# Measured 2026-12-07, 2-core Intel Emerald Rapids VM; Python work right after a 2-thread op ran there up to 3x
-# slower than in a loop of its own (the OpenMP worker spinning on the other vCPU), so each µs saved counts double.
-# The key holds the values the path reads (FUSED_RNN_BACKEND, threads, ISA class, core kind; T only below rule 7's
-# floor, where it matters) and the identities of the functions it calls, so a test that monkeypatches one of them,
-# or the environment, misses the memo. clear_caches() forgets it together with the policy's cache.
+# choose_path's memo of eager CPU decisions (no autotuning, no record_bptt), filled under the key fused_rnn.RNN's
+# _choose_path makes and looks up itself (fused_rnn/modules.py says why, with the figures): the decision by
+# everything it reads, and the identities of the functions that make it. clear_caches() forgets it together with
+# the policy's cache.
 _CPU_MEMO: dict = {}
 _CPU_MEMO_SIZE = 4096
-
-
-def _cpu_memo_key(backend: str, dtype: torch.dtype, B: int, H: int, layers: int, directions: int, training: bool,
-                  T: int | None) -> tuple:
-    t = None if T is None or T >= policy.short_sequence_floor(H, training) else T
-    return (backend, dtype, B, H, layers, directions, training, t, torch.get_num_threads(),
-            getenv("FUSED_RNN_BACKEND"), policy.cpu_isa(), policy.cpu_core(), _resolve_name, _policy_decision,
-            _decide_cached)
 
 
 def clear_caches() -> None:
