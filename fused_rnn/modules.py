@@ -105,14 +105,16 @@ class RNN(nn.RNNBase):
         return s
 
     def _forward_args_pass(self, input: Tensor, hx: Tensor, batch_sizes: Tensor | None) -> bool:
-        """True when ``check_forward_args`` (RNNBase's, not overridden) would pass, told from its own conditions in one
-        frame: dense input, its dtype the weights', 3 dims, size(-1) = input_size, hx [L·D, B, H]. False = ask it
-        (it raises nn.RNN's error, or passes). Its four frames cost a T1 call ~3% in the native path (2-core Intel
-        Emerald Rapids VM, 2026-12-07)."""
+        """True when ``check_forward_args`` (RNNBase's, not overridden) and ``_check_hx`` would pass, told from their
+        own conditions in one frame: dense input, its dtype the weights', 3 dims, size(-1) = input_size, hx
+        [L·D, B, H] of the input's dtype and device. False = ask them (they raise nn.RNN's error, or pass). Their five
+        frames cost a T1 call ~3% in the native path (2-core Intel Emerald Rapids VM, 2026-12-07)."""
         if batch_sizes is not None or type(self).check_forward_args is not _RNNBASE_CHECK:
             return False
         w = self._flat_weights[0] if self._flat_weights else None
         if w is None or input.dtype != w.dtype or input.dim() != 3 or input.size(-1) != self.input_size:
+            return False
+        if hx.dtype != input.dtype or hx.device != input.device:
             return False
         B = input.size(0) if self.batch_first else input.size(1)
         return hx.size() == (self.num_layers * (2 if self.bidirectional else 1), B, self.hidden_size)
@@ -223,7 +225,7 @@ class RNN(nn.RNNBase):
                                  dtype=input.dtype, device=input.device)
             if not self._forward_args_pass(input, hx, batch_sizes):
                 self.check_forward_args(input, hx, batch_sizes)
-            _check_hx(input, hx, amp_dtype)
+                _check_hx(input, hx, amp_dtype)
             # (grad_needed matters only to the eval-mode cuDNN workaround: not asked on the CPU)
             output, h_n = run_native_stack(self, input, hx, batch_sizes, lengths,
                                            input.is_cuda and _grad_needed(self, input, hx),

@@ -196,7 +196,8 @@ def test_native_path_sees_replaced_and_deleted_parameters() -> None:
 
 
 def test_forward_args_shortcut_passes_only_what_check_forward_args_passes() -> None:
-    """RNN._forward_args_pass skips RNNBase.check_forward_args only where it would pass; anything else goes to it."""
+    """RNN._forward_args_pass skips RNNBase.check_forward_args and _check_hx only where both would pass; anything else
+    goes to them."""
     import random
 
     rng = random.Random(0)
@@ -217,9 +218,11 @@ def test_forward_args_shortcut_passes_only_what_check_forward_args_passes() -> N
         j = rng.randrange(1, 4) if rng.random() < 0.4 else 0  # hx: one dimension off by one
         if j:
             hshape[j - 1] += 1
-        x, h = torch.zeros(shape, dtype=dtype), torch.zeros(hshape)
+        hdtype = torch.float64 if rng.random() < 0.15 else torch.float32
+        x, h = torch.zeros(shape, dtype=dtype), torch.zeros(hshape, dtype=hdtype)
         try:
             m.check_forward_args(x, h, None)
+            fused_rnn.modules._check_hx(x, h, None)
             ok = True
         except (RuntimeError, ValueError):
             ok = False
