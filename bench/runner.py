@@ -20,8 +20,8 @@ judged by the native rule below. auto's path is asked again at the timed T befor
 rule 7, so the check's shorter call may go the other way): the row reports that call's path and reason, and a
 native one is asserted bit for bit there too. The verdict of a timed row: median ratio ≥ 1.0 and 20th-percentile
 ratio ≥ 0.95 ("≥ nn.RNN"), else "slower"; of an auto row that ran native (its kernel is nn.RNN's; the time around
-it, fused_rnn's input handling and path decision, is not): "native" when its median ratio is ≥ 0.97, else
-"native, slower".
+it, fused_rnn's input handling and path decision, is not): "native, slower" when its median ratio is below 0.97
+and its 80th percentile below 1.0, else "native".
 """
 
 from __future__ import annotations
@@ -51,8 +51,11 @@ N_ROTATE = 3  # distinct input tensors cycled by the timed call, so repeated cal
 # median of its per-round ratios is >= 1.0 and the 20th percentile >= 0.95.
 PASS_MEDIAN, PASS_P20 = 1.0, 0.95
 # An auto row that ran native is nn.RNN's kernel inside fused_rnn's call: timed, and judged on what fused_rnn adds
-# around it -- median ratio >= 0.97 (the kernels are the same, so the ratio is 1 minus that per-call cost, and two runs
-# of one kernel differ by a few percent per round: the fused rule's median >= 1.0 would be a coin toss there).
+# around it. The kernels are the same, so the ratio is 1 minus that per-call cost plus noise -- and the noise is not
+# small: over the 42 native rows of a grid run (Intel VM, 2026-12-08 UTC, calls of 1-200 ms) the medians ran
+# ×0.94-1.05 (median ×0.995). So a row is "native, slower" only when its median is below 0.97 *and* its 80th
+# percentile below 1.0 (slower in four rounds of five): the T=1 rows of `quick` (×0.93-0.96, p80 ×0.95-0.98) are;
+# a noisy long call with median ×0.95 and p80 ×1.13 is not.
 NATIVE_PASS_MEDIAN = 0.97
 JUDGED_KINDS = ("fused", "auto", "native", "compile", "external")
 
@@ -512,10 +515,11 @@ def _explain_call(model: nn.Module, x: Tensor, mode: str, d) -> tuple[str, str]:
 
 def verdict(ratios: list[float], native: bool = False) -> tuple[float, float, str]:
     """(median, p20, verdict) of per-round ratios nn.RNN / provider under the timing rule; ``native``: an auto row
-    that ran nn.RNN's kernel, judged by NATIVE_PASS_MEDIAN ("native" within it, else "native, slower")."""
+    that ran nn.RNN's kernel ("native, slower" when the median is below NATIVE_PASS_MEDIAN and p80 below 1.0)."""
     med, p20 = quantile(ratios, 0.5), quantile(ratios, 0.2)
     if native:
-        return med, p20, ("native" if med >= NATIVE_PASS_MEDIAN else "native, slower")
+        p80 = quantile(ratios, 0.8)
+        return med, p20, ("native" if med >= NATIVE_PASS_MEDIAN or p80 >= 1.0 else "native, slower")
     return med, p20, ("≥ nn.RNN" if med >= PASS_MEDIAN and p20 >= PASS_P20 else "slower")
 
 
