@@ -43,7 +43,7 @@ from . import diagnostics as _diag
 from . import onnx as _onnx
 from . import policy as _policy
 from .backends import select as _select
-from .backends.select import MODULE_BACKENDS, NATIVE, _resolve_name, choose_path, record_instead, tracing
+from .backends.select import MODULE_BACKENDS, NATIVE, _is_exporting, _resolve_name, choose_path, record_instead, tracing
 from .functional import check_lengths
 from .native import run_native_stack
 from .policy import Decision
@@ -621,8 +621,6 @@ def _forward_ad_active() -> bool:
 _RNNBASE_CHECK = nn.RNNBase.check_forward_args
 _BACKEND_KEY, _AUTOTUNE_KEY = os.fsencode("FUSED_RNN_BACKEND"), os.fsencode(_autotune.ENV)
 _FLOORS: dict = {}  # (H, training) -> policy.short_sequence_floor (constants of the policy module)
-
-_is_exporting = getattr(torch.compiler, "is_exporting", None) or (lambda: False)
 
 
 def _grad_needed(module: nn.Module, input: Tensor, hx: Tensor | None) -> bool:

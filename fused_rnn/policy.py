@@ -93,10 +93,7 @@ def short_sequence_floor(H: int, training: bool) -> int:
     """Rule 7: the smallest T for which a CPU call may run fused (below it, native)."""
     if training:
         return SHORT_T_TRAINING
-    for h, t in SHORT_T_INFERENCE:  # (a loop, not next() over a generator: asked on every CPU call)
-        if H <= h:
-            return t
-    return SHORT_T_INFERENCE[-1][1]
+    return next(t for h, t in SHORT_T_INFERENCE if H <= h)
 GPU_MARGIN = 2.0  # rule 1 on CUDA: committed figures beat native by >= 2x counting the input GEMM
 
 # ISA classes (cpu_isa): ordered from most to least capable; "other" has no table and always runs native.

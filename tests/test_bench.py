@@ -191,10 +191,9 @@ def test_tiny_derived_columns_follow_their_definitions(tiny_run):
             rr = r["ratio_rounds"]
             assert len(rr["all"]) == PRESET_CONFIG["tiny"].rounds and rr["p20"] <= rr["median"]
             if r["provider"] == "auto" and r["path"] == "native":  # nn.RNN's kernel: the native rule
-                p80 = sorted(rr["all"])  # (the test recomputes the 80th percentile the runner's way)
-                pos = 0.8 * (len(p80) - 1)
-                lo = int(pos)
-                p80 = p80[lo] + (p80[min(lo + 1, len(p80) - 1)] - p80[lo]) * (pos - lo)
+                from bench.timing import quantile
+
+                p80 = quantile(rr["all"], 0.8)
                 assert r["verdict"] == ("native" if rr["median"] >= 0.97 or p80 >= 1.0 else "native, slower")
             else:
                 assert r["verdict"] == ("≥ nn.RNN" if rr["median"] >= 1.0 and rr["p20"] >= 0.95 else "slower")

@@ -166,9 +166,6 @@ def resolve(backend: str, device: torch.device, H: int, B: int, dtype: torch.dty
     return Choice(name, tier)
 
 
-_DEVICES = {"cpu": torch.device("cpu"), "cuda": torch.device("cuda")}  # (asked per call: no device object per call)
-
-
 @_lazy_compile.assume_constant_result
 def _resolve_name(backend: str, device_type: str) -> tuple[str, str, bool, bool]:
     """(backend name, forced tier or "", whether it came from "auto", whether the backend has several tiers).
@@ -178,7 +175,7 @@ def _resolve_name(backend: str, device_type: str) -> tuple[str, str, bool, bool]
     Reads FUSED_RNN_BACKEND / FUSED_RNN_*_TIER and the backends' availability. Dynamo calls it at trace time and
     bakes the result into the graph (it cannot trace importlib or the dispatcher queries behind ``available()``).
     """
-    device = _DEVICES.get(device_type) or torch.device(device_type)
+    device = torch.device(device_type)
     name = backend
     if name == "auto":
         name = getenv("FUSED_RNN_BACKEND", "auto") or "auto"
@@ -309,12 +306,12 @@ def clear_caches() -> None:
     _DECIDE_LRU.cache_clear()  # (the lru_cache itself, also while a test has monkeypatched the name)
 
 
+_is_exporting = getattr(torch.compiler, "is_exporting", None) or (lambda: False)
+
+
 def tracing() -> bool:
     """True while torch.compile (Dynamo) or torch.export traces (``is_exporting`` where this torch has it)."""
-    if torch.compiler.is_compiling():
-        return True
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(is_exporting()) if is_exporting is not None else False
+    return torch.compiler.is_compiling() or bool(_is_exporting())
 
 
 def _policy_decision(fused: str, device: torch.device, dtype: torch.dtype, B: int, H: int, layers: int,
