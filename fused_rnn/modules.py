@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from typing import NamedTuple
 
 import torch
@@ -144,6 +145,30 @@ class RNN(nn.RNNBase):
         # No self._update_flat_weights() here: the fused stack reads the parameters by name (_layer_weights), never
         # through the weakref'd flat list, and skipping it keeps weakrefs out of what torch.compile traces; the
         # native stack calls it in eager mode, as nn.RNN does.
+        d = memo_key = None
+        if (not torch.compiler.is_compiling() and not _is_exporting()  # (first: Dynamo folds them, traces no more)
+                and type(input) is Tensor and lengths is None and (hx is None or type(hx) is Tensor)
+                and input.is_cpu and not torch._C._is_tracing() and _diag._ACTIVE is None
+                and not torch.is_autocast_enabled("cpu")
+                and (_sys_modules.get("torch.onnx") is None or not _onnx.exporting())):
+            # The short way, for an eager dense CPU call: select's memo of decisions answers without select's
+            # frames, and where it says native a 3-D call runs nn.RNN's op from here. Each Python frame on the way
+            # costs ~1 µs right after the op (it leaves the interpreter's caches cold): the long way took 17 frames
+            # to nn.RNN's 21 and ran a T1 B8 H64 inference call at x0.96 of nn.RNN, PyTorch's op called bare x1.62
+            # (2-core Intel Emerald Rapids VM, 2026-12-08). Anything else (PackedSequence, lengths=, autocast,
+            # a trace or export, diagnostics, autotuning, a memo miss, a check that fails) takes the long way below.
+            memo_key = self._memo_key(input, hx)
+            if memo_key is not None:
+                d = _select._CPU_MEMO.get(memo_key)
+                if d is not None:
+                    if _select._PATH_LOG is not None:
+                        _select._PATH_LOG.append(d)
+                    if d.path == NATIVE and input.dim() == 3:
+                        h0 = hx if hx is not None else torch.zeros(
+                            self.num_layers * (2 if self.bidirectional else 1),
+                            input.size(0 if self.batch_first else 1), self.hidden_size, dtype=input.dtype)
+                        if self._forward_args_pass(input, h0, None):
+                            return run_native_stack(self, input, h0, None, None, False, eager=True)
         # torch.onnx.export is tracing this call: standard ONNX RNN nodes instead of the fused ops (fused_rnn/onnx.py)
         onnx_export = _onnx.exporting()
         if onnx_export:
@@ -152,8 +177,44 @@ class RNN(nn.RNNBase):
             _onnx.check_dynamo_export(self, input)
         call = self._parse(input, hx, lengths)
         amp_dtype = autocast_dtype(call.input.device.type)
-        path = self._choose_path(call, amp_dtype)
+        path = d if d is not None else self._choose_path(call, amp_dtype, memo_key=memo_key)
         return self._run(path, call, amp_dtype, onnx_export)
+
+    def _memo_key(self, input: Tensor, hx: Tensor | None) -> tuple | None:
+        """The key of select's memo for this eager CPU call (input [T, B, I] / [B, T, I] batch_first / [T, I]
+        unbatched; hx or None), no autocast: what the decision reads -- the backend, FUSED_RNN_BACKEND, dtype, B, H,
+        layers, directions, the mode, T only below rule 7's floor, threads, ISA class and core kind -- and the
+        identities of the functions it calls, so a monkeypatched one or a changed variable misses. None when
+        autotuning may be on (set_autotune, FUSED_RNN_AUTOTUNE): the long way, which parses the variable."""
+        setting = _autotune._SETTING
+        data = _env._DATA  # (os.environ's dict, or None: fused_rnn/_env.py)
+        if setting is True or (setting is None and (
+                data.get(_AUTOTUNE_KEY) if data is not None else os.environ.get(_autotune.ENV))):
+            return None
+        # training (_grad_needed, inline: one frame fewer)
+        if not torch.is_grad_enabled():
+            training = False
+        elif input.requires_grad or (hx is not None and hx.requires_grad) or self._modules:
+            training = _grad_needed(self, input, hx)
+        else:
+            training = False
+            for p in self._parameters.values():
+                if p is not None and p.requires_grad:
+                    training = True
+                    break
+        if input.dim() == 3:
+            T, B = (input.size(1), input.size(0)) if self.batch_first else (input.size(0), input.size(1))
+        else:  # unbatched [T, I] (or a dimension count _parse rejects: the key then only misses)
+            T, B = input.size(0) if input.dim() else 0, 1
+        H = self.hidden_size
+        floor = _FLOORS.get((H, training))
+        if floor is None:
+            floor = _FLOORS[(H, training)] = _policy.short_sequence_floor(H, training)
+        return (self.backend, input.dtype, B, H, self.num_layers, 2 if self.bidirectional else 1, training,
+                T if T < floor else None, torch.get_num_threads(),
+                data.get(_BACKEND_KEY) if data is not None else os.environ.get("FUSED_RNN_BACKEND"),
+                _policy.cpu_isa(), _policy.cpu_core(), _select._resolve_name, _select._policy_decision,
+                _select._decide_cached)
 
     def explain(self, input, hx: Tensor | None = None, lengths: Tensor | None = None, *,  # noqa: A002
                 compiled: bool = False):
@@ -285,7 +346,8 @@ class RNN(nn.RNNBase):
             h_n = h_n.squeeze(1)
         return output, self.permute_hidden(h_n, unsorted_indices)
 
-    def _choose_path(self, call: _Call, amp_dtype: torch.dtype | None, record: bool = True, tune: bool = True):
+    def _choose_path(self, call: _Call, amp_dtype: torch.dtype | None, record: bool = True, tune: bool = True,
+                     memo_key: tuple | None = None):
         """The policy.Decision for this call (select.choose_path): "native" or the fused backend (+ tier).
 
         The key: the compute dtype (autocast's for floating inputs other than fp64), B, H, layers × directions and
@@ -307,47 +369,8 @@ class RNN(nn.RNNBase):
             # the trace ("ArrayRef: invalid index Index = 0; Length = 0"), it saw traced sizes (tensors), and its
             # training/inference split differs between jit.trace's run and its check run (under no_grad).
             return _TRACED_NATIVE
-        # training (_grad_needed, inline: see below)
-        if not torch.is_grad_enabled():
-            training = False
-        elif input.requires_grad or (hx is not None and hx.requires_grad) or self._modules:
-            training = _grad_needed(self, input, hx)
-        else:
-            training = False
-            for p in self._parameters.values():
-                if p is not None and p.requires_grad:
-                    training = True
-                    break
+        training = _grad_needed(self, input, hx)
         T = len(call.batch_sizes) if call.batch_sizes is not None else input.size(1 if self.batch_first else 0)
-        memo_key = None
-        if record and amp_dtype is None and not jit_tracing and _diag._ACTIVE is None and input.is_cpu:
-            # select.choose_path's memo of eager CPU decisions, its key made and looked up here without a Python call:
-            # a short call pays for every frame on its way, ~1 µs each right after the op (it leaves the interpreter's
-            # caches cold). Through select.choose_path this method cost ~10 µs of a 150 µs T1 B8 H64 training call
-            # (×0.93 of nn.RNN), against ~3 µs in a loop of its own (2-core Intel Emerald Rapids VM, 2026-12-07).
-            # The key holds what the decision reads -- FUSED_RNN_BACKEND, threads, ISA class and core kind, T only
-            # below rule 7's floor -- and the identities of the functions it calls, so a monkeypatched one or a
-            # changed variable misses; autotuning (set_autotune, FUSED_RNN_AUTOTUNE) bypasses it.
-            setting = _autotune._SETTING
-            data = _env._DATA  # (os.environ's dict, or None: fused_rnn/_env.py)
-            if tune and (setting is True or (setting is None and (
-                    data.get(_AUTOTUNE_KEY) if data is not None else os.environ.get(_autotune.ENV)))):
-                pass  # autotuning may be on: the long way (it parses the variable)
-            else:
-                H = self.hidden_size
-                floor = _FLOORS.get((H, training))
-                if floor is None:
-                    floor = _FLOORS[(H, training)] = _policy.short_sequence_floor(H, training)
-                memo_key = (backend, input.dtype, call.B, H, self.num_layers, 2 if self.bidirectional else 1,
-                            training, T if T < floor else None, torch.get_num_threads(),
-                            data.get(_BACKEND_KEY) if data is not None else os.environ.get("FUSED_RNN_BACKEND"),
-                            _policy.cpu_isa(), _policy.cpu_core(), _select._resolve_name, _select._policy_decision,
-                            _select._decide_cached)
-                d = _select._CPU_MEMO.get(memo_key)
-                if d is not None:
-                    if _select._PATH_LOG is not None:
-                        _select._PATH_LOG.append(d)
-                    return d
         autotuning = tune and _autotune.enabled()
         dtype = compute_dtype_of(input, amp_dtype)
         tuner = None
@@ -619,6 +642,7 @@ def _forward_ad_active() -> bool:
 
 
 _RNNBASE_CHECK = nn.RNNBase.check_forward_args
+_sys_modules = sys.modules
 _BACKEND_KEY, _AUTOTUNE_KEY = os.fsencode("FUSED_RNN_BACKEND"), os.fsencode(_autotune.ENV)
 _FLOORS: dict = {}  # (H, training) -> policy.short_sequence_floor (constants of the policy module)
 

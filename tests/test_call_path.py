@@ -244,3 +244,167 @@ def test_a_subclass_check_forward_args_is_still_called() -> None:
     m = Mine(4, 6, backend="native")
     m(torch.randn(2, 3, 4))
     assert calls == [(2, 3, 4)]
+
+
+# --- RNN.forward's short way (stop 36): an eager dense CPU call whose decision the memo holds runs from forward ---
+
+def _long_way_calls(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Counts RNN._parse calls: every call that takes the long way parses its input; the short way does not."""
+    calls: list = []
+    real = fused_rnn.RNN._parse
+    monkeypatch.setattr(fused_rnn.RNN, "_parse", lambda self, *a: calls.append(1) or real(self, *a))
+    return calls
+
+
+_SHORT_CASES = [  # (layers, bidirectional, batch_first, nonlinearity, hx given, training, dropout)
+    (1, False, False, "tanh", False, False, 0.0),
+    (1, False, True, "relu", True, False, 0.0),
+    (2, True, False, "tanh", True, True, 0.0),
+    (3, False, True, "tanh", False, True, 0.0),
+    (2, False, False, "relu", False, True, 0.4),
+    (2, True, True, "tanh", True, False, 0.4),
+]
+
+
+@pytest.mark.parametrize("L,bi,bf,nl,give_hx,train,p", _SHORT_CASES,
+                         ids=[f"L{c[0]}-{'bi' if c[1] else 'uni'}-{'bf' if c[2] else 'tm'}-{c[3]}-"
+                              f"{'hx' if c[4] else 'nohx'}-{'train' if c[5] else 'infer'}-p{c[6]}" for c in _SHORT_CASES])
+def test_short_way_equals_nn_rnn_bit_for_bit(monkeypatch: pytest.MonkeyPatch, L: int, bi: bool, bf: bool, nl: str,
+                                              give_hx: bool, train: bool, p: float) -> None:
+    """Forced native (the short way's native branch whatever the policy says here): outputs, h_n and every gradient
+    equal nn.RNN's over repeated calls, and from the second call on no call parses its input (the short way ran)."""
+    monkeypatch.delenv("FUSED_RNN_BACKEND", raising=False)
+    torch.manual_seed(0)
+    kw = dict(bidirectional=bi, batch_first=bf, nonlinearity=nl, dropout=p)
+    ref = nn.RNN(5, 7, L, **kw)
+    ours = fused_rnn.RNN(5, 7, L, backend="native", **kw)
+    ours.load_state_dict(ref.state_dict())
+    ref.train(train or p > 0)
+    ours.train(train or p > 0)
+    D = 2 if bi else 1
+    select.clear_caches()
+    parsed = _long_way_calls(monkeypatch)
+    for call in range(3):
+        x = torch.randn((3, 4, 5) if bf else (4, 3, 5), requires_grad=train)
+        h = torch.randn(L * D, 3, 7, requires_grad=train) if give_hx else None
+        outs = []
+        for m in (ref, ours):
+            torch.manual_seed(call)  # the same dropout masks
+            out, h_n = m(x, h) if h is not None else m(x)
+            outs.append((out, h_n))
+            if train:
+                (out.square().sum() + h_n.sum()).backward()
+        _same(outs[0], outs[1])
+        assert outs[1][0].stride() == outs[0][0].stride()
+        if train:
+            for (name, a), b in zip(ref.named_parameters(), ours.parameters(), strict=True):
+                assert torch.equal(a.grad, b.grad), name
+            ref.zero_grad()
+            ours.zero_grad()
+    assert len(parsed) == 1  # the first call filled the memo; the next two took the short way
+
+
+def test_short_way_serves_unbatched_and_fused_decisions_from_the_memo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unbatched input and a fused decision take the memo's answer too (no second policy question), then the long
+    way's run: the results are those of a fresh module."""
+    monkeypatch.delenv("FUSED_RNN_BACKEND", raising=False)
+    asked = []
+    real = select.choose_path
+    monkeypatch.setattr(fused_rnn.modules, "choose_path", lambda *a, **k: asked.append(1) or real(*a, **k))
+    for backend in ("native", "reference"):
+        torch.manual_seed(0)
+        m = fused_rnn.RNN(5, 7, 2, backend=backend)
+        ref = nn.RNN(5, 7, 2)
+        ref.load_state_dict(m.state_dict())
+        asked.clear()
+        with torch.no_grad():
+            for T in (3, 3, 3):
+                x = torch.randn(T, 5)
+                got, want = m(x), ref(x)
+                for g, w in zip(got, want):
+                    torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+                assert got[0].shape == (T, 7) and got[1].shape == (2, 7)
+        assert len(asked) == 1, backend
+
+
+@pytest.mark.parametrize("bad", ["hx-dtype", "hx-batch", "hx-layers", "x-features", "x-dtype", "x-4d", "hx-2d"])
+def test_short_way_leaves_bad_input_to_the_long_way(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
+    """After the memo is warm for this module, a bad call still raises what the long way raises (nn.RNN's type, and
+    its message where the module's own checks give one), never a result."""
+    monkeypatch.delenv("FUSED_RNN_BACKEND", raising=False)
+    torch.manual_seed(0)
+    ref = nn.RNN(5, 7, 2)
+    ours = fused_rnn.RNN(5, 7, 2, backend="native")
+    ours.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        ours(torch.randn(4, 3, 5))
+        ours(torch.randn(4, 3, 5), torch.randn(2, 3, 7))  # the key warm
+    parsed = _long_way_calls(monkeypatch)
+    with torch.no_grad():
+        ours(torch.randn(4, 3, 5), torch.randn(2, 3, 7))
+    assert not parsed  # (the short way answered)
+    x, h = torch.randn(4, 3, 5), torch.randn(2, 3, 7)
+    if bad == "hx-dtype":
+        h = h.double()
+    elif bad == "hx-batch":
+        h = torch.randn(2, 4, 7)
+    elif bad == "hx-layers":
+        h = torch.randn(1, 3, 7)
+    elif bad == "x-features":
+        x = torch.randn(4, 3, 6)
+    elif bad == "x-dtype":
+        x = x.double()
+    elif bad == "x-4d":
+        x = torch.randn(4, 3, 5, 1)
+    elif bad == "hx-2d":
+        h = torch.randn(3, 7)
+    with pytest.raises((RuntimeError, ValueError)) as got:
+        ours(x, h)
+    with pytest.raises((RuntimeError, ValueError)) as want:
+        ref(x, h)
+    assert got.type is want.type
+    if bad in ("hx-batch", "hx-layers", "x-features", "x-4d", "hx-2d"):
+        assert str(got.value) == str(want.value)
+
+
+def test_short_way_steps_aside_for_autocast_lengths_and_a_subclass_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FUSED_RNN_BACKEND", raising=False)
+    calls = []
+
+    class Mine(fused_rnn.RNN):
+        def check_forward_args(self, input, hidden, batch_sizes):  # noqa: A002 (RNNBase's names)
+            calls.append(tuple(input.shape))
+            return super().check_forward_args(input, hidden, batch_sizes)
+
+    torch.manual_seed(0)
+    m = Mine(4, 6, backend="native")
+    ref = nn.RNN(4, 6)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 3, 4)
+    select.clear_caches()
+    for _ in range(3):
+        m(x)
+    assert calls == [(2, 3, 4)] * 3  # the overridden check ran on every call, memo or not
+    parsed = _long_way_calls(monkeypatch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = m(x), ref(x)
+    assert got[0].dtype == want[0].dtype == torch.bfloat16
+    _same(got, want)
+    m(x, lengths=torch.tensor([2, 1, 2]))
+    assert len(parsed) == 2
+
+
+def test_autocast_asks_the_policy_in_its_own_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memo's fp32 answer is not autocast's: a call under torch.autocast asks the policy about bf16."""
+    monkeypatch.delenv("FUSED_RNN_BACKEND", raising=False)
+    asked = []
+    real = select._policy_decision
+    monkeypatch.setattr(select, "_policy_decision", lambda *a: asked.append(a[2]) or real(*a))
+    m = fused_rnn.RNN(8, 16)
+    x = torch.randn(40, 3, 8)
+    with torch.no_grad():
+        m(x)
+        m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            m(x)
+    assert asked == [torch.float32, torch.bfloat16]
