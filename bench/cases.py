@@ -58,10 +58,13 @@ DTYPES: dict[str, tuple[torch.dtype, bool]] = {
 PRESETS: tuple[str, ...] = ("tiny", "quick", "grid", "gpu", "full")
 
 # The CPU grid of the policy (fused_rnn/policy.py): every B × H × dtype × mode.
-GRID_B: tuple[int, ...] = (1, 4, 16, 64, 256)
+# B=512 and H=2048 since stop 36: outside the grid the policy runs native (rule 2), and there forced `cpu` measured
+# B512 H256 ×1.11-1.40, B1024 H64 ×1.21-1.90, H2048 B16 ×1.37-1.82, H1536 B64 ×1.12-1.77 -- but H2048 B1 fp32 fwd
+# ×0.90 (fp32 and bf16, both modes; 2-core Intel Emerald Rapids VM, 2026-12-08 UTC): cells, not a guess, decide.
+GRID_B: tuple[int, ...] = (1, 4, 16, 64, 256, 512)
 # H=16 since stop 35: below the grid the policy runs native, and there forced `cpu` measured ×2.3-49 (H16 / H32,
 # B1-B256, fp32 and bf16, both modes; 2-core Intel Emerald Rapids VM, 2026-12-08 UTC).
-GRID_H: tuple[int, ...] = (16, 64, 256, 1024)
+GRID_H: tuple[int, ...] = (16, 64, 256, 1024, 2048)
 GRID_DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 

@@ -50,7 +50,9 @@ grad, judged by the forward+backward figures, else the forward-only figures.
   7. CPU, short sequences: the grid measures long calls (T sized for ~0.2 s), where per-call costs vanish. A fused
      call also pays a fixed cost per layer-direction (W_hh packed per call, the autograd.Function, the input GEMM as
      its own op), which a call of a few steps cannot earn back: with T below :func:`short_sequence_floor` (by mode and
-     H), native.
+     H), native -- unless every cell the decision rests on was itself measured at a T no longer than the call's
+     (large shapes: T sized for ~0.2 s of nn.RNN is T=8-58 at H=2048 or B=512, below the floor, and a cell's ratio
+     measured there already pays the fixed cost once per call).
   8. CPU half-precision GEMMs (:func:`gemm_in_fp32`): the fused layer's own GEMMs in bf16 (the input projection,
      its gradients and dW_hh; fused_rnn/gemm.py) run in fp32 where this machine kind's grid run measured fp32 GEMMs
      ≥ 1.25× faster than bf16 ones, at I and H ≥ 512 (below that the conversions cost what the GEMM gains). It
@@ -62,7 +64,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -122,6 +124,7 @@ class Evidence:
     win: bool
     tier: str = ""
     detail: str = ""
+    T: int | None = None  # CPU: the sequence length the cell was measured at (rule 7); None for the CUDA figures
 
     def __str__(self) -> str:
         r = f"×{self.ratio:.2f}" + (f" (p20 ×{self.p20:.2f})" if self.p20 is not None else "")
@@ -409,6 +412,11 @@ def decide(device_type: str, dtype: torch.dtype | str, B: int, H: int, layers: i
                         _cpu_tables() if cpu_tables is None else cpu_tables, core)
         floor = short_sequence_floor(H, training)
         if d.path == "cpu" and T is not None and T < floor:
+            measured_at = [e.T for e in d.evidence]
+            if measured_at and all(t is not None and t <= T for t in measured_at):
+                # The cells themselves were measured this short or shorter: their ratio already pays the fixed cost.
+                return replace(d, reason=f"{d.reason}; T={T} is below rule 7's floor ({floor}) but no shorter than "
+                                         f"the cells' own T (≤ {max(measured_at)}), so the cells cover it")
             return Decision("native", "", "short-sequence",
                             f"T={T} < {floor}: a fused call's fixed cost per layer (W_hh packed per call, the input "
                             f"GEMM and autograd.Function as separate steps) outweighs its per-step gain on so short "
@@ -499,7 +507,7 @@ def _decide_cpu(dkey: str, mode: str, B: int, H: int, stack: str, fused_backend:
                                 tuple(ev), src)
             med, p20 = float(c[0]), float(c[1])
             ev.append(Evidence(dkey, mode, b, h, med, p20, med >= margin[0] and p20 >= margin[1],
-                               detail=f"T={c[2]}" if len(c) > 2 else ""))
+                               detail=f"T={c[2]}" if len(c) > 2 else "", T=int(c[2]) if len(c) > 2 else None))
     def kind(i: str, c: str, n: int) -> str:
         return f"{i}{f' on {c}' if c else ''}, {n} thread(s)"
 

@@ -341,9 +341,9 @@ def test_flops_and_floor_by_hand():
 
 def test_presets_hold_the_required_shapes():
     grid = preset_cases("grid", "cpu")
-    assert {(c.B, c.H, c.dtype) for c in grid} == {(b, h, d) for b in (1, 4, 16, 64, 256) for h in (16, 64, 256, 1024)
-                                                   for d in ("fp32", "bf16", "fp16")}
-    assert len(grid) == 60 and all(c.modes == ("fwd", "fwd+bwd") for c in grid)
+    assert {(c.B, c.H, c.dtype) for c in grid} == {(b, h, d) for b in (1, 4, 16, 64, 256, 512)
+                                                   for h in (16, 64, 256, 1024, 2048) for d in ("fp32", "bf16", "fp16")}
+    assert len(grid) == 90 and all(c.modes == ("fwd", "fwd+bwd") for c in grid)
     assert all(c.target_s == (0.05 if c.H < 64 else 0.2) for c in grid)
     assert PRESET_CONFIG["grid"].rounds >= 10 and set(PRESET_CONFIG["grid"].providers) == {"auto", "cpu", "native"}
     quick = preset_cases("quick", "cpu")

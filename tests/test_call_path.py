@@ -266,9 +266,11 @@ _SHORT_CASES = [  # (layers, bidirectional, batch_first, nonlinearity, hx given,
 ]
 
 
-@pytest.mark.parametrize("L,bi,bf,nl,give_hx,train,p", _SHORT_CASES,
-                         ids=[f"L{c[0]}-{'bi' if c[1] else 'uni'}-{'bf' if c[2] else 'tm'}-{c[3]}-"
-                              f"{'hx' if c[4] else 'nohx'}-{'train' if c[5] else 'infer'}-p{c[6]}" for c in _SHORT_CASES])
+_SHORT_IDS = [f"L{c[0]}-{'bi' if c[1] else 'uni'}-{'bf' if c[2] else 'tm'}-{c[3]}-"
+              f"{'hx' if c[4] else 'nohx'}-{'train' if c[5] else 'infer'}-p{c[6]}" for c in _SHORT_CASES]
+
+
+@pytest.mark.parametrize("L,bi,bf,nl,give_hx,train,p", _SHORT_CASES, ids=_SHORT_IDS)
 def test_short_way_equals_nn_rnn_bit_for_bit(monkeypatch: pytest.MonkeyPatch, L: int, bi: bool, bf: bool, nl: str,
                                               give_hx: bool, train: bool, p: float) -> None:
     """Forced native (the short way's native branch whatever the policy says here): outputs, h_n and every gradient

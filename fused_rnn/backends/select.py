@@ -244,8 +244,8 @@ def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, 
         traced: whether torch.compile / torch.export is tracing the call (None: ask ``tracing()``; explain passes
             its ``compiled`` argument).
         T: the call's number of time steps (policy rule 7: short CPU calls run native); None = not known (long).
-        memo_key: the key under which the decision is remembered for the next eager CPU call (RNN._choose_path makes
-            it, and looks it up before calling here); None = not remembered.
+        memo_key: the key under which the decision is remembered for the next eager CPU call (RNN._memo_key makes
+            it, and RNN.forward looks it up before calling here); None = not remembered.
     Raises:
         RuntimeError for backend "native" inside record_bptt; the errors of ``_resolve_name`` for unusable backends.
 
@@ -292,7 +292,7 @@ def choose_path(backend: str, device: torch.device, dtype: torch.dtype, B: int, 
 
 
 # choose_path's memo of eager CPU decisions (no autotuning, no record_bptt), filled under the key fused_rnn.RNN's
-# _choose_path makes and looks up itself (fused_rnn/modules.py says why, with the figures): the decision by
+# _memo_key makes and RNN.forward looks up itself (fused_rnn/modules.py says why, with the figures): the decision by
 # everything it reads, and the identities of the functions that make it. clear_caches() forgets it together with
 # the policy's cache.
 _CPU_MEMO: dict = {}
