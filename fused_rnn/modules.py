@@ -166,7 +166,8 @@ class RNN(nn.RNNBase):
                     if d.path == NATIVE and input.dim() == 3:
                         h0 = hx if hx is not None else torch.zeros(
                             self.num_layers * (2 if self.bidirectional else 1),
-                            input.size(0 if self.batch_first else 1), self.hidden_size, dtype=input.dtype)
+                            input.size(0 if self.batch_first else 1), self.hidden_size, dtype=input.dtype,
+                            device=input.device)
                         if self._forward_args_pass(input, h0, None):
                             return run_native_stack(self, input, h0, None, None, False, eager=True)
         # torch.onnx.export is tracing this call: standard ONNX RNN nodes instead of the fused ops (fused_rnn/onnx.py)

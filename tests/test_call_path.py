@@ -410,3 +410,18 @@ def test_autocast_asks_the_policy_in_its_own_dtype(monkeypatch: pytest.MonkeyPat
         with torch.autocast("cpu", dtype=torch.bfloat16):
             m(x)
     assert asked == [torch.float32, torch.bfloat16]
+
+
+def test_short_way_makes_hx_on_the_input_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """hx=None: the zeros are made on the input's device, not torch's default device (as nn.RNN makes them)."""
+    monkeypatch.delenv("FUSED_RNN_BACKEND", raising=False)
+    ref, ours = _pair(L=1, bidirectional=False)
+    x = torch.randn(4, 3, 5)
+    select.clear_caches()
+    ours(x)
+    parsed = _long_way_calls(monkeypatch)
+    with torch.device("meta"):
+        got, want = ours(x), ref(x)
+    assert not parsed  # the short way ran
+    assert got[1].device == x.device
+    _same(got, want)
