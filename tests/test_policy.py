@@ -472,3 +472,33 @@ def test_generator_cli_writes_data_that_loads_and_keeps_other_tables(tmp_path):
     tagged = results / "cpu-grid-Test-CPU-9000-avx2-1t-2026-12-02-stop34.json"
     assert tagged.is_file()
     assert runpy.run_path(str(data_file))["CPU_TABLES"][0]["run_file"].endswith(tagged.name)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["fwd", "train"])
+def test_short_sequence_rule_yields_to_cells_measured_as_short(training: bool) -> None:
+    """Rule 7's exception: where every cell the decision rests on was measured at a T no longer than the call's, the
+    cells decide (their ratio paid the per-call cost at that T); one longer cell, or a cell without its T, and the
+    floor holds."""
+    mode = "fwd+bwd" if training else "fwd"
+    floor = policy.short_sequence_floor(1024, training)
+    Tm = floor // 2  # the cells' own T, below the floor
+    cells = {("fp32", mode, b, h): WIN + (Tm,) for b in (1, 16, 256) for h in (64, 256, 1024)}
+
+    def at(T, table, B=16):
+        return decide("cpu", "fp32", B, 1024, 1, 1, training, fused_backend="cpu", isa="avx512", threads=2,
+                      cpu_tables=(table,), T=T)
+
+    d = at(Tm, _table(cells=cells))
+    assert (d.path, d.rule) == ("cpu", "measured-win") and "below rule 7's floor" in d.reason, d
+    assert [e.T for e in d.evidence] == [Tm]
+    d = at(Tm - 1, _table(cells=cells))  # shorter than the cell
+    assert (d.path, d.rule) == ("native", "short-sequence"), d
+    # off-grid B=100 is bracketed by B=16 and B=256: both cells must be this short
+    longer = dict(cells)
+    longer[("fp32", mode, 256, 1024)] = WIN + (floor,)
+    assert at(Tm, _table(cells=longer), B=100).rule == "short-sequence"
+    d = at(Tm, _table(cells=cells), B=100)
+    assert d.path == "cpu" and sorted(e.T for e in d.evidence) == [Tm, Tm], d
+    # cells without their T (2-tuples): the floor holds
+    bare = {k: v[:2] for k, v in cells.items()}
+    assert at(floor - 1, _table(cells=bare)).rule == "short-sequence"
