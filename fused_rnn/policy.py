@@ -51,8 +51,8 @@ grad, judged by the forward+backward figures, else the forward-only figures.
      call also pays a fixed cost per layer-direction (W_hh packed per call, the autograd.Function, the input GEMM as
      its own op), which a call of a few steps cannot earn back: with T below :func:`short_sequence_floor` (by mode and
      H), native -- unless every cell the decision rests on was itself measured at a T no longer than the call's
-     (large shapes: T sized for ~0.2 s of nn.RNN is T=8-58 at H=2048 or B=512, below the floor, and a cell's ratio
-     measured there already pays the fixed cost once per call).
+     (the largest B·H: T sized for ~0.2 s of nn.RNN falls to 8-58 at B ≥ 256 with H ≥ 1024 and at B ≥ 64 with
+     H = 2048, below the floor, and a cell's ratio measured there already pays the fixed cost once per call).
   8. CPU half-precision GEMMs (:func:`gemm_in_fp32`): the fused layer's own GEMMs in bf16 (the input projection,
      its gradients and dW_hh; fused_rnn/gemm.py) run in fp32 where this machine kind's grid run measured fp32 GEMMs
      ≥ 1.25× faster than bf16 ones, at I and H ≥ 512 (below that the conversions cost what the GEMM gains). It
