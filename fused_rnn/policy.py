@@ -506,8 +506,9 @@ def _decide_cpu(dkey: str, mode: str, B: int, H: int, stack: str, fused_backend:
                                 f"{dkey} {mode} at B={b}, H={h} was not measured on this machine kind",
                                 tuple(ev), src)
             med, p20 = float(c[0]), float(c[1])
+            t = int(c[2]) if len(c) > 2 else None
             ev.append(Evidence(dkey, mode, b, h, med, p20, med >= margin[0] and p20 >= margin[1],
-                               detail=f"T={c[2]}" if len(c) > 2 else "", T=int(c[2]) if len(c) > 2 else None))
+                               detail=f"T={t}" if t is not None else "", T=t))
     def kind(i: str, c: str, n: int) -> str:
         return f"{i}{f' on {c}' if c else ''}, {n} thread(s)"
 
